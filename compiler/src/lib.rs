@@ -1,0 +1,128 @@
+//! canc's compiler front end. No Burn here: `canc check` must stay fast.
+//!
+//! ```text
+//!  .canspec text ─parse─▶ ast::SpecFile ─load─▶ extends chain (base first) ─merge─▶ Doc
+//!      ─overrides (--set)─▶ Doc ─sweeps─▶ variants ─vars─▶ ─check─▶ ResolvedSpec (canonical, RON)
+//! ```
+//! Every stage reports [`Diagnostic`]s with spans into the [`SourceMap`]; parsing stops at the
+//! first syntax error, the semantic stages collect every problem.
+
+pub mod check;
+pub mod codes;
+pub mod diagnostic;
+pub mod doc;
+mod graph;
+pub mod load;
+pub mod merge;
+pub mod resolved;
+pub mod schema;
+pub mod source;
+pub mod suggest;
+pub mod sweep;
+pub mod value;
+pub mod vars;
+
+pub use diagnostic::{Diagnostic, Severity};
+pub use resolved::{RBlock, RValue, ResolvedSpec};
+pub use source::SourceMap;
+
+use canc_grammar::{FileId, Span};
+use doc::{Doc, Origin};
+use std::path::Path;
+
+/// The result of resolving one spec: its sources, every diagnostic, and the resolved variants
+/// (empty if there were errors).
+pub struct Resolution {
+    /// Every file and override read.
+    pub sources: SourceMap,
+    /// Errors and warnings, sorted by position.
+    pub diagnostics: Vec<Diagnostic>,
+    /// One entry per sweep variant (one if the spec has no sweeps).
+    pub variants: Vec<ResolvedSpec>,
+}
+
+impl Resolution {
+    /// True if any diagnostic is an error.
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+}
+
+/// Resolves the spec at `path` with command-line `overrides` (`key=value`).
+pub fn resolve_path(path: &Path, overrides: &[String]) -> Resolution {
+    let mut sources = SourceMap::new();
+    let mut diags = Vec::new();
+    let chain = load::load_chain(path, &mut sources, &mut diags);
+    finish(sources, chain, overrides, diags, stem(path))
+}
+
+/// Resolves an in-memory spec (`name` is shown in diagnostics; `extends` is relative to the
+/// current directory).
+pub fn resolve_source(name: &str, text: &str, overrides: &[String]) -> Resolution {
+    let mut sources = SourceMap::new();
+    let mut diags = Vec::new();
+    let root = sources.add_file(name.to_string(), None, text.to_string());
+    let chain = load::load_from(root, &mut sources, &mut diags);
+    finish(sources, chain, overrides, diags, stem(Path::new(name)))
+}
+
+fn stem(p: &Path) -> String {
+    p.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "spec".into())
+}
+
+fn finish(
+    mut sources: SourceMap,
+    chain: Option<Vec<load::Loaded>>,
+    overrides: &[String],
+    mut diags: Vec<Diagnostic>,
+    name: String,
+) -> Resolution {
+    let Some(chain) = chain else {
+        diagnostic::normalize(&mut diags);
+        return Resolution {
+            sources,
+            diagnostics: diags,
+            variants: vec![],
+        };
+    };
+    let mut doc = Doc::default();
+    for f in &chain {
+        merge::apply_file(&mut doc, &f.ast, &mut diags);
+    }
+    for (i, text) in overrides.iter().enumerate() {
+        let id = sources.add_file(format!("--set #{}", i + 1), None, text.clone());
+        match canc_grammar::parse_override(text, id) {
+            Ok((path, value)) => merge::apply_set(&mut doc, &path, &value, Origin::Cli, &mut diags),
+            Err(e) => diags.push(load::syntax_diagnostic(e)),
+        }
+    }
+    let files: Vec<FileId> = chain.iter().map(|f| f.file).collect();
+    let root = chain.last().expect("chain has the root file");
+    let root_span = root
+        .ast
+        .items
+        .first()
+        .map_or(Span::new(root.file, 0, 0), |i| {
+            Span::new(root.file, i.span.start as usize, i.span.start as usize)
+        });
+    let mut variants = Vec::new();
+    if !diags.iter().any(Diagnostic::is_error) {
+        for (variant, mut vdoc) in sweep::expand(doc, &mut diags) {
+            vars::substitute(&mut vdoc, &mut diags);
+            let (spec, d) = check::check(&vdoc, &name, variant, &sources, &files, root_span);
+            diags.extend(d);
+            variants.extend(spec);
+        }
+    }
+    diagnostic::normalize(&mut diags);
+    if diags.iter().any(Diagnostic::is_error) {
+        variants.clear();
+    }
+    Resolution {
+        sources,
+        diagnostics: diags,
+        variants,
+    }
+}
