@@ -84,7 +84,12 @@ enum Command {
     Explain {
         /// A code such as E0011.
         code: Option<String>,
+        /// Print every code with its explanation as Markdown (docs/errors.md).
+        #[arg(long, conflicts_with = "code")]
+        markdown: bool,
     },
+    /// Print the language reference (every block, key, augmentation and op) as Markdown.
+    Schema,
 }
 
 /// Runs the command line.
@@ -118,7 +123,15 @@ pub fn main() -> ExitCode {
             check,
             stdout,
         } => fmt(&specs, check, stdout, color),
-        Command::Explain { code } => explain(code.as_deref()),
+        Command::Explain { markdown: true, .. } => {
+            print!("{}", canc_compiler::docs::errors());
+            ExitCode::SUCCESS
+        }
+        Command::Explain { code, .. } => explain(code.as_deref()),
+        Command::Schema => {
+            print!("{}", canc_compiler::docs::reference());
+            ExitCode::SUCCESS
+        }
     }
 }
 

@@ -399,17 +399,17 @@ pub fn check(
             }
             _ => {}
         }
-        if !matches!(bs.body, Body::Typed(_)) {
-            if let Some(t) = &b.ty {
-                cx.diags.push(
-                    Diagnostic::error(
-                        codes::UNKNOWN_TYPE,
-                        t.span,
-                        format!("`{}` takes no type", bs.kind),
-                    )
-                    .label("unexpected type"),
-                );
-            }
+        if !matches!(bs.body, Body::Typed(_))
+            && let Some(t) = &b.ty
+        {
+            cx.diags.push(
+                Diagnostic::error(
+                    codes::UNKNOWN_TYPE,
+                    t.span,
+                    format!("`{}` takes no type", bs.kind),
+                )
+                .label("unexpected type"),
+            );
         }
         known.push(b);
     }
@@ -440,11 +440,11 @@ pub fn check(
 
     // Data first: other defaults derive from it.
     let mut out: Vec<RBlock> = Vec::new();
-    if let Some(b) = known.iter().find(|b| b.kind.name == "data") {
-        if let Some(r) = check_typed(schema::DATA_SOURCES, b, "data", &mut cx) {
-            cx.data = DataInfo::of(Some(&r));
-            out.push(r);
-        }
+    if let Some(b) = known.iter().find(|b| b.kind.name == "data")
+        && let Some(r) = check_typed(schema::DATA_SOURCES, b, "data", &mut cx)
+    {
+        cx.data = DataInfo::of(Some(&r));
+        out.push(r);
     }
     let mut networks: IndexMap<String, RBlock> = IndexMap::new();
     for b in known.iter().filter(|b| b.kind.name == "network") {
@@ -534,64 +534,64 @@ fn check_network(
         Some(DocEntry::Field(s)) => s.value.span,
         _ => b.header_span(),
     };
-    if let (Some(dim), Some(heads)) = (int("dim"), int("heads")) {
-        if dim % heads != 0 {
+    if let (Some(dim), Some(heads)) = (int("dim"), int("heads"))
+        && dim % heads != 0
+    {
+        cx.diags.push(
+            Diagnostic::error(
+                codes::INCONSISTENT,
+                span_of("heads"),
+                format!("{heads} heads do not divide dim {dim}"),
+            )
+            .label("must divide `dim`")
+            .with_label(span_of("dim"), "dim set here")
+            .help(format!(
+                "use a number of heads that divides {dim}, e.g. {}",
+                divisor_near(dim, heads)
+            )),
+        );
+    }
+    if let (Some(img), Some(patch)) = (int("image"), int("patch"))
+        && img % patch != 0
+    {
+        cx.diags.push(
+            Diagnostic::error(
+                codes::INCONSISTENT,
+                span_of("patch"),
+                format!("patch {patch} does not divide image size {img}"),
+            )
+            .label("must divide the image size")
+            .help(format!(
+                "use a patch that divides {img}, e.g. {}",
+                divisor_near(img, patch)
+            )),
+        );
+    }
+    if r.ty.as_deref() == Some("ema")
+        && let Some(src) = r.get("source").and_then(RValue::as_str)
+    {
+        if let Some((ty, _)) = all.get(src)
+            && ty == "ema"
+        {
             cx.diags.push(
                 Diagnostic::error(
-                    codes::INCONSISTENT,
-                    span_of("heads"),
-                    format!("{heads} heads do not divide dim {dim}"),
+                    codes::BAD_EMA,
+                    span_of("source"),
+                    format!("`{src}` is itself an EMA network"),
                 )
-                .label("must divide `dim`")
-                .with_label(span_of("dim"), "dim set here")
-                .help(format!(
-                    "use a number of heads that divides {dim}, e.g. {}",
-                    divisor_near(dim, heads)
-                )),
+                .label("EMA of an EMA")
+                .help("point `source` at the trainable network"),
             );
         }
-    }
-    if let (Some(img), Some(patch)) = (int("image"), int("patch")) {
-        if img % patch != 0 {
+        if Some(src) == r.name.as_deref() {
             cx.diags.push(
                 Diagnostic::error(
-                    codes::INCONSISTENT,
-                    span_of("patch"),
-                    format!("patch {patch} does not divide image size {img}"),
+                    codes::BAD_EMA,
+                    span_of("source"),
+                    "an EMA network cannot follow itself",
                 )
-                .label("must divide the image size")
-                .help(format!(
-                    "use a patch that divides {img}, e.g. {}",
-                    divisor_near(img, patch)
-                )),
+                .label("self reference"),
             );
-        }
-    }
-    if r.ty.as_deref() == Some("ema") {
-        if let Some(src) = r.get("source").and_then(RValue::as_str) {
-            if let Some((ty, _)) = all.get(src) {
-                if ty == "ema" {
-                    cx.diags.push(
-                        Diagnostic::error(
-                            codes::BAD_EMA,
-                            span_of("source"),
-                            format!("`{src}` is itself an EMA network"),
-                        )
-                        .label("EMA of an EMA")
-                        .help("point `source` at the trainable network"),
-                    );
-                }
-            }
-            if Some(src) == r.name.as_deref() {
-                cx.diags.push(
-                    Diagnostic::error(
-                        codes::BAD_EMA,
-                        span_of("source"),
-                        "an EMA network cannot follow itself",
-                    )
-                    .label("self reference"),
-                );
-            }
         }
     }
 }

@@ -300,10 +300,10 @@ fn check_call(
                 );
             }
             Default::Lit(lit) => {
-                if let Ok((_, v)) = canc_grammar::parse_override(&format!("x={lit}"), u32::MAX) {
-                    if let Ok(r) = value::check(&v, &field.ty, field.name, &cx.names) {
-                        kw.insert(field.name, r);
-                    }
+                if let Ok((_, v)) = canc_grammar::parse_override(&format!("x={lit}"), u32::MAX)
+                    && let Ok(r) = value::check(&v, &field.ty, field.name, &cx.names)
+                {
+                    kw.insert(field.name, r);
                 }
             }
             _ => {}

@@ -7,10 +7,14 @@
 //! Every stage reports [`Diagnostic`]s with spans into the [`SourceMap`]; parsing stops at the
 //! first syntax error, the semantic stages collect every problem.
 
+// Diagnostics are large and only built on the error path; boxing them would buy nothing.
+#![allow(clippy::result_large_err)]
+
 pub mod check;
 pub mod codes;
 pub mod diagnostic;
 pub mod doc;
+pub mod docs;
 mod graph;
 pub mod load;
 pub mod merge;
@@ -110,7 +114,7 @@ fn finish(
     let mut variants = Vec::new();
     if !diags.iter().any(Diagnostic::is_error) {
         for (variant, mut vdoc) in sweep::expand(doc, &mut diags) {
-            vars::substitute(&mut vdoc, &mut diags);
+            vars::substitute(&mut vdoc, root.file, &mut diags);
             let (spec, d) = check::check(&vdoc, &name, variant, &sources, &files, root_span);
             diags.extend(d);
             variants.extend(spec);

@@ -93,7 +93,7 @@ pub fn load_from(
             .path(current)
             .and_then(|p| p.parent().map(Path::to_path_buf))
             .unwrap_or_default();
-        let base_path = dir.join(&rel);
+        let base_path = normalize(&dir.join(&rel));
         let canonical = std::fs::canonicalize(&base_path).unwrap_or_else(|_| base_path.clone());
         if let Some(pos) = seen.iter().position(|s| *s == canonical) {
             let loop_desc: Vec<String> = seen[pos..]
@@ -191,4 +191,28 @@ fn extends_of(ast: &SpecFile, diags: &mut Vec<Diagnostic>) -> Option<(String, Sp
         }
     }
     found
+}
+
+/// Removes `.` and `name/..` components without touching the file system, so diagnostics show
+/// `specs/can.canspec` rather than `specs/ablations/../can.canspec`.
+fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                let last = out.components().next_back();
+                match last {
+                    Some(Component::Normal(_)) => {
+                        out.pop();
+                    }
+                    Some(Component::RootDir) => {}
+                    _ => out.push(".."),
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
 }

@@ -135,12 +135,12 @@ fn nothing_to_remove(k: &Ident, parent: &str, block: &DocBlock) -> Diagnostic {
 
 /// Merges a block written in an extending file into the inherited one.
 fn merge_block(existing: &mut DocBlock, b: &Block, collection: bool, diags: &mut Vec<Diagnostic>) {
-    if let Some(ty) = &b.ty {
-        if existing.ty.as_ref().map(|t| &t.name) != Some(&ty.name) {
-            // A new type replaces the block: the old type's keys mean nothing for the new one.
-            *existing = convert_block(b, collection, diags);
-            return;
-        }
+    if let Some(ty) = &b.ty
+        && existing.ty.as_ref().map(|t| &t.name) != Some(&ty.name)
+    {
+        // A new type replaces the block: the old type's keys mean nothing for the new one.
+        *existing = convert_block(b, collection, diags);
+        return;
     }
     existing.span = b.span;
     let child_kinds = child_kinds(&b.kind.name, existing.ty.as_ref().map(|t| t.name.as_str()));

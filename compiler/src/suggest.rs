@@ -22,7 +22,7 @@ pub fn did_you_mean<'a>(
 }
 
 /// `did you mean `x`?` for a hint, or a list of the options when there are few.
-pub fn hint<'a>(word: &str, candidates: &[&'a str]) -> Option<String> {
+pub fn hint(word: &str, candidates: &[&str]) -> Option<String> {
     if let Some(s) = did_you_mean(word, candidates.iter().copied()) {
         return Some(format!("did you mean `{s}`?"));
     }

@@ -198,15 +198,15 @@ pub fn check(v: &Value, ty: &Ty, what: &str, names: &Names) -> Result<RValue, Di
             Ok(RValue::Range(x, y))
         }
         (Ty::Floats { len, lo, hi }, ValueKind::List(xs)) => {
-            if let Some(n) = len {
-                if xs.len() != *n {
-                    return Err(Diagnostic::error(
-                        codes::TYPE_MISMATCH,
-                        v.span,
-                        format!("{what} expects {n} numbers, found {}", xs.len()),
-                    )
-                    .label(format!("expected {n} values")));
-                }
+            if let Some(n) = len
+                && xs.len() != *n
+            {
+                return Err(Diagnostic::error(
+                    codes::TYPE_MISMATCH,
+                    v.span,
+                    format!("{what} expects {n} numbers, found {}", xs.len()),
+                )
+                .label(format!("expected {n} values")));
             }
             let elem = Ty::Float {
                 lo: *lo,
@@ -267,6 +267,8 @@ pub fn check(v: &Value, ty: &Ty, what: &str, names: &Names) -> Result<RValue, Di
             ),
         },
         (Ty::Dist, _) => check_dist(v, what),
+        // `masked(m)` / `visible(m)` name graph nodes and are checked with the graph.
+        (Ty::Selection, ValueKind::Ident(s)) if s == "all" => Ok(RValue::Ident("all".into())),
         (Ty::Network, ValueKind::Ident(s)) => refers(v, s, &names.networks, "network"),
         (Ty::View, ValueKind::Ident(s)) => refers(v, s, &names.views, "view"),
         _ => Err(mismatch(v, ty, what)),

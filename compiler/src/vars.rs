@@ -9,8 +9,9 @@ use indexmap::IndexMap;
 use std::collections::HashSet;
 
 /// Replaces every `$name` in the document (lets included) and reports undefined or cyclic
-/// variables and unused ones.
-pub fn substitute(doc: &mut Doc, diags: &mut Vec<Diagnostic>) {
+/// variables, and unused ones defined in the `root` file (a base's variable may be left unused
+/// on purpose by an ablation that removes its use).
+pub fn substitute(doc: &mut Doc, root: canc_grammar::FileId, diags: &mut Vec<Diagnostic>) {
     let raw: IndexMap<String, Value> = doc
         .lets
         .iter()
@@ -45,7 +46,7 @@ pub fn substitute(doc: &mut Doc, diags: &mut Vec<Diagnostic>) {
         block(b, &resolved, &mut used, diags);
     }
     for (name, s) in &doc.lets {
-        if !used.contains(name) {
+        if !used.contains(name) && s.key.span.file == root {
             diags.push(
                 Diagnostic::error(
                     codes::UNUSED_VAR,

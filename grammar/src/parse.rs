@@ -255,12 +255,18 @@ fn syntax_error(e: pest::error::Error<Rule>, text: &str, file: FileId) -> Syntax
         }
     };
     let mut expected: Vec<String> = match &e.variant {
-        // A comment may appear between any two tokens, so pest lists `COMMENT` in nearly every
-        // error; it is never what the user meant to write.
         ErrorVariant::ParsingError { positives, .. } => positives
             .iter()
-            .filter(|r| **r != Rule::COMMENT)
-            .map(|r| rule_name(*r).to_string())
+            .flat_map(|r| match r {
+                // A comment may appear between any two tokens, so pest lists it in nearly every
+                // error; it is never what the user meant to write.
+                Rule::COMMENT => vec![],
+                // pest names the entry rule when nothing could start at all (a keyword first).
+                Rule::file => vec!["`extends`", "`let`", "a name", "end of file"],
+                Rule::override_arg => vec![rule_name(Rule::path), rule_name(Rule::ident)],
+                r => vec![rule_name(*r)],
+            })
+            .map(String::from)
             .collect(),
         ErrorVariant::CustomError { message } => vec![message.clone()],
     };
@@ -280,6 +286,9 @@ fn syntax_error(e: pest::error::Error<Rule>, text: &str, file: FileId) -> Syntax
         expected,
     }
 }
+
+/// Elements with their trivia, and the comments after the last element.
+type Collected<T> = (Vec<(Trivia, (T, Span))>, Vec<Comment>);
 
 struct Builder<'a> {
     text: &'a str,
@@ -309,7 +318,7 @@ impl<'a> Builder<'a> {
         &self,
         pairs: impl IntoIterator<Item = Pair<'a, Rule>>,
         mut build: impl FnMut(&Self, Pair<'a, Rule>, &mut Vec<Comment>) -> Option<(T, Span)>,
-    ) -> (Vec<(Trivia, (T, Span))>, Vec<Comment>) {
+    ) -> Collected<T> {
         let mut out: Vec<(Trivia, (T, Span))> = Vec::new();
         let mut pending: Vec<Comment> = Vec::new();
         let mut pending_blank = false;

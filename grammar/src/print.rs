@@ -112,11 +112,11 @@ fn one_line(b: &Block, level: usize) -> Option<String> {
 
 fn block(out: &mut String, b: &Block, level: usize) {
     // Top-level blocks with content are always multi-line; nested ones collapse when short.
-    if level > 0 || b.entries.is_empty() {
-        if let Some(line) = one_line(b, level) {
-            out.push_str(&line);
-            return;
-        }
+    if (level > 0 || b.entries.is_empty())
+        && let Some(line) = one_line(b, level)
+    {
+        out.push_str(&line);
+        return;
     }
     out.push_str(&header(b));
     out.push_str(" {\n");

@@ -1,0 +1,112 @@
+//! The `canc` binary end to end: exit codes, output formats, fmt, explain.
+
+use assert_cmd::Command;
+
+fn canc() -> Command {
+    let mut c = Command::cargo_bin("canc").expect("binary built");
+    c.env("NO_COLOR", "1");
+    c
+}
+
+#[test]
+fn check_passes_on_the_library_and_fails_with_exit_1_on_bad_specs() {
+    canc()
+        .args(["check", "specs/can.canspec", "specs/mae.canspec"])
+        .assert()
+        .success();
+    let out = canc()
+        .args(["check", "tests/bad/e0011_unknown_key_typo.canspec"])
+        .assert()
+        .code(1);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(stderr.contains("error[E0011]"), "{stderr}");
+    assert!(
+        stderr.contains("tests/bad/e0011_unknown_key_typo.canspec:"),
+        "file:line:col shown: {stderr}"
+    );
+    assert!(stderr.contains('^'), "caret shown: {stderr}");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    canc().args(["check"]).assert().code(2);
+    canc().args(["frobnicate"]).assert().code(2);
+}
+
+#[test]
+fn json_diagnostics_are_one_object_per_line() {
+    let out = canc()
+        .args([
+            "check",
+            "specs/can.canspec",
+            "--message-format",
+            "json",
+            "--set",
+            "train.epoch=3",
+            "--set",
+            "optimizer.lr=-1",
+        ])
+        .assert()
+        .code(1);
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("valid JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert_eq!(lines[0]["code"], "E0011");
+    assert_eq!(lines[0]["help"], "did you mean `epochs`?");
+    assert_eq!(lines[0]["file"], "--set #1");
+    assert_eq!(lines[0]["column"], 7);
+    assert_eq!(lines[1]["code"], "E0021");
+}
+
+#[test]
+fn set_overrides_reach_the_resolved_spec() {
+    let out = canc()
+        .args([
+            "resolve",
+            "specs/can.canspec",
+            "--set",
+            "train.epochs=7",
+            "--set",
+            "mask_ratio=0.6",
+        ])
+        .assert()
+        .success();
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(stdout.contains("\"epochs\": Int(7)"), "{stdout}");
+    assert!(stdout.contains("(Some(\"ratio\"), Float(0.6))"), "{stdout}");
+}
+
+#[test]
+fn fmt_check_detects_unformatted_files_and_fmt_fixes_them() {
+    let dir = std::env::temp_dir().join(format!("canc-fmt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let f = dir.join("messy.canspec");
+    std::fs::write(&f, "train{epochs=1,batch=2}\n").expect("write");
+    canc().args(["fmt", "--check"]).arg(&f).assert().code(1);
+    canc().arg("fmt").arg(&f).assert().success();
+    assert_eq!(
+        std::fs::read_to_string(&f).expect("read"),
+        "train {\n  epochs = 1\n  batch = 2\n}\n"
+    );
+    canc().args(["fmt", "--check"]).arg(&f).assert().success();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn explain_knows_every_code() {
+    let out = canc().args(["explain", "E0011"]).assert().success();
+    assert!(String::from_utf8_lossy(&out.get_output().stdout).contains("unknown key"));
+    canc().args(["explain", "E9999"]).assert().code(1);
+}
+
+#[test]
+fn missing_spec_is_an_error_not_a_panic() {
+    let out = canc()
+        .args(["check", "does/not/exist.canspec"])
+        .assert()
+        .code(1);
+    assert!(String::from_utf8_lossy(&out.get_output().stderr).contains("E0003"));
+}
