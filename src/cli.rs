@@ -195,7 +195,7 @@ fn check(
 }
 
 fn resolve(
-    spec: &PathBuf,
+    spec: &std::path::Path,
     overrides: &[String],
     variant: Option<&str>,
     format: MessageFormat,
