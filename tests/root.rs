@@ -4,4 +4,5 @@ mod bad;
 mod cli;
 mod docs;
 mod overrides;
+mod robustness;
 mod specs;

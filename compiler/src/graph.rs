@@ -312,6 +312,9 @@ fn check_call(
     if let Some(netb) = net {
         check_decoder_cond(f, netb, &kw, span, cx);
     }
+    if f.name == "mask" {
+        check_block_mask(&out, &kw, g, span, cx);
+    }
     if f.name == "labels" && !cx.data.labels {
         cx.diags.push(
             Diagnostic::error(
@@ -373,6 +376,46 @@ fn check_decoder_cond(
                 "set `cond = sigma` in `network {}`, or drop the argument",
                 f.name
             )),
+        );
+    }
+}
+
+/// Block masking needs blocks that tile the encoder's patch grid.
+fn check_block_mask(
+    out: &[(Option<String>, RValue)],
+    kw: &IndexMap<&str, RValue>,
+    g: &GraphCx,
+    span: canc_grammar::Span,
+    cx: &mut Cx,
+) {
+    if kw.get("strategy").and_then(RValue::as_str) != Some("block") {
+        return;
+    }
+    let Some(block) = kw.get("block").and_then(RValue::as_i64) else {
+        return;
+    };
+    let Some((None, RValue::Ident(net))) = out.first() else {
+        return;
+    };
+    let Some(enc) = callee(net, g.networks).and_then(|(_, b)| b) else {
+        return;
+    };
+    let (Some(image), Some(patch)) = (
+        enc.get("image").and_then(RValue::as_i64),
+        enc.get("patch").and_then(RValue::as_i64),
+    ) else {
+        return;
+    };
+    if patch == 0 || image % patch != 0 {
+        return;
+    }
+    let grid = image / patch;
+    if grid % block != 0 {
+        cx.diags.push(
+            Diagnostic::error(codes::INCONSISTENT, span, format!("blocks of {block}x{block} patches do not tile the {grid}x{grid} patch grid of `{net}`"))
+                .label("block size must divide the grid")
+                .note(format!("the grid is image {image} / patch {patch} = {grid}"))
+                .help(format!("use a block side that divides {grid}, or `strategy = random`")),
         );
     }
 }

@@ -161,7 +161,7 @@ fn quote(s: &str) -> String {
             '"' => q.push_str("\\\""),
             '\\' => q.push_str("\\\\"),
             '\n' => q.push_str("\\n"),
-
+            '\t' => q.push_str("\\t"),
             c => q.push(c),
         }
     }
