@@ -241,3 +241,13 @@ fn unquoted_override_values_are_strings() {
         Some(&RValue::Str("/tmp/fmnist".into()))
     );
 }
+
+#[test]
+fn syntax_errors_after_the_first_are_reported_too() {
+    let text = "train {\n  epochs = 3\n  batch = \n}\n\nnetwork enc: vit { patch = 4 dim = }\n\nview v { hflip { p = 0.5 }\nlet x = 3\n";
+    let res = resolve_source("syntax.canspec", text, &[]);
+    let lines: Vec<usize> = res.diagnostics.iter().map(|d| res.sources.line_col(d.span.file, d.span.start as usize).0).collect();
+    assert!(res.diagnostics.iter().all(|d| d.code.id == "E0001"));
+    assert_eq!(lines, [4, 6, 9]);
+    assert_eq!(res.diagnostics[2].help.as_deref(), Some("a `{` above is not closed"));
+}

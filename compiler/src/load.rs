@@ -28,6 +28,64 @@ pub fn syntax_diagnostic(e: canc_grammar::SyntaxError) -> Diagnostic {
     Diagnostic::error(codes::SYNTAX, e.span, e.message).label(label)
 }
 
+/// Most syntax errors reported for one file.
+const MAX_SYNTAX_ERRORS: usize = 20;
+
+/// The first syntax error and those after it: pest stops at the first error, so parsing resumes
+/// at the next line that starts a top-level item (no indentation), with everything before it
+/// blanked out so that spans stay right.
+pub fn syntax_errors(text: &str, file: FileId, first: canc_grammar::SyntaxError) -> Vec<Diagnostic> {
+    let mut out = vec![unclosed_hint(syntax_diagnostic(first.clone()), text, 0)];
+    let mut at = first.span.end as usize;
+    while out.len() < MAX_SYNTAX_ERRORS {
+        let Some(start) = next_item_start(text, at) else { break };
+        let blanked: String = text
+            .char_indices()
+            .map(|(i, c)| if i < start && c != '\n' { ' ' } else { c })
+            .collect();
+        match canc_grammar::parse_file(&blanked, file) {
+            Ok(_) => break,
+            Err(e) => {
+                if (e.span.start as usize) < start {
+                    break;
+                }
+                at = (e.span.end as usize).max(start + 1);
+                out.push(unclosed_hint(syntax_diagnostic(e), text, start));
+            }
+        }
+    }
+    out
+}
+
+/// Adds "a `{` above is not closed" when an error at the start of a line follows an open brace.
+fn unclosed_hint(d: Diagnostic, text: &str, from: usize) -> Diagnostic {
+    let pos = d.span.start as usize;
+    let at_line_start = pos == 0 || text.as_bytes().get(pos - 1) == Some(&b'\n');
+    let depth: i64 = text[from..pos.min(text.len())]
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or(""))
+        .map(|l| l.matches('{').count() as i64 - l.matches('}').count() as i64)
+        .sum();
+    if at_line_start && depth > 0 {
+        d.help("a `{` above is not closed")
+    } else {
+        d
+    }
+}
+
+/// Byte offset of the first line after `from` that starts at column 0 with an identifier.
+fn next_item_start(text: &str, from: usize) -> Option<usize> {
+    let mut offset = text[..from.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
+    for line in text[offset..].split_inclusive('\n') {
+        let starts_item = line.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_');
+        if offset > from && starts_item {
+            return Some(offset);
+        }
+        offset += line.len();
+    }
+    None
+}
+
 /// Reads the file at `path` and every base it extends. Returns the chain base first, or `None`
 /// (with diagnostics) if a file is missing, unparsable, or the chain loops.
 pub fn load_chain(
@@ -74,7 +132,7 @@ pub fn load_from(
         let ast = match canc_grammar::parse_file(sources.text(current), current) {
             Ok(ast) => ast,
             Err(e) => {
-                diags.push(syntax_diagnostic(e));
+                diags.extend(syntax_errors(sources.text(current), current, e));
                 return None;
             }
         };
