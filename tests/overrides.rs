@@ -185,10 +185,7 @@ fn sweeps_multiply_and_name_their_variants() {
 
 #[test]
 fn duplicates_in_one_file_are_errors_but_overriding_a_base_is_not() {
-    assert_eq!(
-        codes("extends \"specs/can.canspec\"\nlet a = 1\nlet a = 2\n", &[]).first(),
-        Some(&"E0015")
-    );
+    assert!(codes("extends \"specs/can.canspec\"\nlet a = 1\nlet a = 2\n", &[]).contains(&"E0015"));
     assert!(
         codes(
             "extends \"specs/can.canspec\"\nlet patch = 7\nlet patch = 2\n",
@@ -246,8 +243,15 @@ fn unquoted_override_values_are_strings() {
 fn syntax_errors_after_the_first_are_reported_too() {
     let text = "train {\n  epochs = 3\n  batch = \n}\n\nnetwork enc: vit { patch = 4 dim = }\n\nview v { hflip { p = 0.5 }\nlet x = 3\n";
     let res = resolve_source("syntax.canspec", text, &[]);
-    let lines: Vec<usize> = res.diagnostics.iter().map(|d| res.sources.line_col(d.span.file, d.span.start as usize).0).collect();
+    let lines: Vec<usize> = res
+        .diagnostics
+        .iter()
+        .map(|d| res.sources.line_col(d.span.file, d.span.start as usize).0)
+        .collect();
     assert!(res.diagnostics.iter().all(|d| d.code.id == "E0001"));
     assert_eq!(lines, [4, 6, 9]);
-    assert_eq!(res.diagnostics[2].help.as_deref(), Some("a `{` above is not closed"));
+    assert_eq!(
+        res.diagnostics[2].help.as_deref(),
+        Some("a `{` above is not closed")
+    );
 }

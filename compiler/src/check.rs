@@ -104,6 +104,8 @@ pub(crate) struct Cx<'a> {
     pub provenance: IndexMap<String, Provenance>,
     pub names: Names,
     pub data: DataInfo,
+    /// Names of named blocks that failed their own checks (calls to them are not re-reported).
+    pub broken: Vec<String>,
 }
 
 impl Cx<'_> {
@@ -336,6 +338,7 @@ pub fn check(
         provenance: IndexMap::new(),
         names: Names::default(),
         data: DataInfo::of(None),
+        broken: Vec::new(),
     };
 
     // Block kinds and names.
@@ -438,6 +441,19 @@ pub fn check(
         }
     }
 
+    for b in doc.blocks.values() {
+        if let Some(n) = &b.name {
+            if !known.iter().any(|k| std::ptr::eq(*k, b)) {
+                cx.broken.push(n.name.clone());
+            }
+        }
+        if b.kind.name == "network" && b.name.is_none() {
+            if let Some(t) = &b.ty {
+                cx.broken.push(t.name.clone());
+            }
+        }
+    }
+
     // Data first: other defaults derive from it.
     let mut out: Vec<RBlock> = Vec::new();
     if let Some(b) = known.iter().find(|b| b.kind.name == "data")
@@ -449,9 +465,29 @@ pub fn check(
     let mut networks: IndexMap<String, RBlock> = IndexMap::new();
     for b in known.iter().filter(|b| b.kind.name == "network") {
         let n = b.name.as_ref().map(|n| n.name.clone()).unwrap_or_default();
-        if let Some(r) = check_typed(schema::NETWORKS, b, &format!("network.{n}"), &mut cx) {
-            check_network(&r, b, &networks_src(&known), &mut cx);
-            networks.insert(n, r);
+        if let Some(op) = schema::find_op(&n) {
+            let span = b.name.as_ref().map_or(b.kind.span, |x| x.span);
+            cx.diags.push(
+                Diagnostic::error(
+                    codes::NAME_CLASH,
+                    span,
+                    format!("network `{n}` has the name of a built-in operation"),
+                )
+                .label("calls to it would be ambiguous")
+                .note(format!("`{}`: {}", op.name, op.doc))
+                .help(format!("rename the network, e.g. `{n}_net`")),
+            );
+        }
+        let before = cx.diags.iter().filter(|d| d.is_error()).count();
+        match check_typed(schema::NETWORKS, b, &format!("network.{n}"), &mut cx) {
+            Some(r) => {
+                check_network(&r, b, &networks_src(&known), &mut cx);
+                if cx.diags.iter().filter(|d| d.is_error()).count() > before {
+                    cx.broken.push(n.clone());
+                }
+                networks.insert(n, r);
+            }
+            None => cx.broken.push(n),
         }
     }
     let mut node_kinds = IndexMap::new();
@@ -567,11 +603,29 @@ fn check_network(
             )),
         );
     }
+    if r.ty.as_deref() == Some("vit")
+        && let Some(ch) = int("channels")
+        && ch != cx.data.channels
+    {
+        cx.diags.push(
+            Diagnostic::error(
+                codes::INCONSISTENT,
+                span_of("channels"),
+                format!(
+                    "the encoder takes {ch} channels but the data has {}",
+                    cx.data.channels
+                ),
+            )
+            .label("channel mismatch")
+            .help("remove `channels` to take the data's"),
+        );
+    }
     if r.ty.as_deref() == Some("ema")
         && let Some(src) = r.get("source").and_then(RValue::as_str)
     {
         if let Some((ty, _)) = all.get(src)
             && ty == "ema"
+            && Some(src) != r.name.as_deref()
         {
             cx.diags.push(
                 Diagnostic::error(
@@ -603,10 +657,116 @@ fn divisor_near(n: i64, near: i64) -> i64 {
         .unwrap_or(1)
 }
 
+/// The span of a value in the document by block key and key path (`["hflip", "p"]`), or of the
+/// block header if the key is not written.
+fn doc_span(doc: &Doc, block: &str, path: &[&str]) -> Span {
+    let Some(mut b) = doc.blocks.get(block) else {
+        return Span::default();
+    };
+    for (i, k) in path.iter().enumerate() {
+        match b.entries.get(*k) {
+            Some(DocEntry::Block(inner)) => b = inner,
+            Some(DocEntry::Field(s)) if i + 1 == path.len() => return s.value.span,
+            _ => return b.header_span(),
+        }
+    }
+    b.header_span()
+}
+
+/// Cross-block rules that need several resolved blocks: normalisation vs channels, batch vs
+/// accumulation, evaluation vs labels and the encoder's CLS token.
+fn check_cross(blocks: &[RBlock], doc: &Doc, cx: &mut Cx) {
+    let channels = cx.data.channels as usize;
+    for view in blocks.iter().filter(|b| b.kind == "view") {
+        let key = crate::doc::block_key("view", view.name.as_deref());
+        for aug in view.children.iter().filter(|c| c.kind == "normalize") {
+            for k in ["mean", "std"] {
+                if let Some(RValue::List(xs)) = aug.get(k)
+                    && xs.len() != channels
+                {
+                    cx.diags.push(
+                        Diagnostic::error(
+                            codes::INCONSISTENT,
+                            doc_span(doc, &key, &["normalize", k]),
+                            format!(
+                                "`{k}` has {} values but the data has {channels} channel(s)",
+                                xs.len()
+                            ),
+                        )
+                        .label(format!("expected {channels} value(s)"))
+                        .help("give one value per channel, or leave it out to use the data set's"),
+                    );
+                }
+            }
+        }
+    }
+    if let Some(train) = blocks.iter().find(|b| b.kind == "train")
+        && let (Some(batch), Some(accum)) = (
+            train.get("batch").and_then(RValue::as_i64),
+            train.get("accum").and_then(RValue::as_i64),
+        )
+        && batch % accum != 0
+    {
+        cx.diags.push(
+            Diagnostic::error(
+                codes::INCONSISTENT,
+                doc_span(doc, "train", &["accum"]),
+                format!("{accum} accumulation steps do not divide the batch of {batch}"),
+            )
+            .label("must divide `batch`")
+            .help(format!(
+                "use a divisor of {batch}, e.g. {}",
+                divisor_near(batch, accum)
+            )),
+        );
+    }
+}
+
 fn check_eval(blocks: &[RBlock], doc: &Doc, cx: &mut Cx) {
+    check_cross(blocks, doc, cx);
     let Some(eval) = blocks.iter().find(|b| b.kind == "eval") else {
         return;
     };
+    if !cx.data.labels && !eval.children.is_empty() {
+        cx.diags.push(
+            Diagnostic::error(
+                codes::NEEDS_LABELS,
+                doc_span(doc, "eval", &[]),
+                "evaluation protocols need labels but the data loads none",
+            )
+            .label("knn and linear classify with labels")
+            .help("set `labels = true` in `data`, or remove the protocols"),
+        );
+    }
+    let encoder = eval
+        .get("encoder")
+        .and_then(RValue::as_str)
+        .map(str::to_string)
+        .or_else(|| {
+            blocks
+                .iter()
+                .find(|b| b.kind == "network" && b.ty.as_deref() == Some("vit"))
+                .and_then(|b| b.name.clone())
+        });
+    if eval.get("features").and_then(RValue::as_str) == Some("cls")
+        && let Some(enc) = encoder.as_deref()
+        && let Some(net) = blocks
+            .iter()
+            .find(|b| b.kind == "network" && b.name.as_deref() == Some(enc))
+        && net.get("cls") == Some(&RValue::Bool(false))
+    {
+        cx.diags.push(
+            Diagnostic::error(
+                codes::INCONSISTENT,
+                doc_span(doc, "eval", &["features"]),
+                format!("`features = cls` but encoder `{enc}` has no CLS token"),
+            )
+            .label("no CLS token to read")
+            .help(format!(
+                "use `features = mean`, or set `cls = true` in `network {enc}`"
+            )),
+        );
+    }
     let Some(enc) = eval.get("encoder").and_then(RValue::as_str) else {
         return;
     };

@@ -15,8 +15,9 @@ use canc_grammar::ast::{Arg, Ident, Value, ValueKind};
 use indexmap::IndexMap;
 use std::collections::HashMap;
 
-/// What each top-level node computes: the callee's name and whether it is a loss.
-pub type NodeKinds = IndexMap<String, (String, OpKind)>;
+/// What each top-level node computes: the callee's name and whether it is a loss (`None` when
+/// the callee is unknown, already reported).
+pub type NodeKinds = IndexMap<String, (String, Option<OpKind>)>;
 
 struct GraphCx<'n> {
     nodes: &'n NodeKinds,
@@ -82,7 +83,7 @@ pub(crate) fn check_graph(
         }
         match &s.value.kind {
             ValueKind::Call(f, _) => {
-                let kind = callee(&f.name, networks).map_or(OpKind::Tensor, |(op, _)| op.kind);
+                let kind = callee(&f.name, networks).map(|(op, _)| op.kind);
                 kinds.insert(name.clone(), (f.name.clone(), kind));
             }
             _ => {
@@ -96,19 +97,6 @@ pub(crate) fn check_graph(
                     .note("graph nodes are calls of operations or networks; constants go in `let`"),
                 );
             }
-        }
-    }
-    for net in networks.keys() {
-        if schema::find_op(net).is_some() {
-            cx.diags.push(
-                Diagnostic::error(
-                    codes::NAME_CLASH,
-                    b.kind.span,
-                    format!("network `{net}` has the name of a built-in operation"),
-                )
-                .label("in this graph, calls to it are ambiguous")
-                .help(format!("rename the network, e.g. `{net}_net`")),
-            );
         }
     }
     let gcx = GraphCx {
@@ -143,6 +131,10 @@ fn check_call(
     cx: &mut Cx,
 ) -> Option<RValue> {
     let Some((op, net)) = callee(&f.name, g.networks) else {
+        if cx.broken.iter().any(|b| *b == f.name) {
+            // A declared network whose own block has errors, already reported.
+            return None;
+        }
         let mut cands: Vec<&str> = schema::OPS.iter().map(|o| o.name).collect();
         cands.extend(g.networks.keys().map(String::as_str));
         let mut d = Diagnostic::error(
@@ -201,7 +193,11 @@ fn check_call(
                 span,
                 format!(
                     "{what} takes {expected} input{}, found {}",
-                    if expected == "1" { "" } else { "s" },
+                    if op.variadic || expected == "1" {
+                        ""
+                    } else {
+                        "s"
+                    },
                     positional.len()
                 ),
             )
@@ -310,7 +306,11 @@ fn check_call(
         }
     }
     if let Some(netb) = net {
-        check_decoder_cond(f, netb, &kw, span, cx);
+        let written = seen.contains_key("cond");
+        check_decoder_cond(f, netb, &kw, written, span, cx);
+    }
+    if f.name == "mask" {
+        check_mask_source(&out, g, span, cx);
     }
     if f.name == "mask" {
         check_block_mask(&out, &kw, g, span, cx);
@@ -338,6 +338,7 @@ fn check_decoder_cond(
     f: &Ident,
     net: &RBlock,
     kw: &IndexMap<&str, RValue>,
+    written: bool,
     span: canc_grammar::Span,
     cx: &mut Cx,
 ) {
@@ -346,7 +347,7 @@ fn check_decoder_cond(
     }
     let conditioned = net.get("cond").and_then(RValue::as_str) == Some("sigma");
     let given = kw.get("cond").is_some_and(|v| *v != RValue::None);
-    if conditioned && !given {
+    if conditioned && !given && !written {
         cx.diags.push(
             Diagnostic::error(
                 codes::MISSING_ARG,
@@ -376,6 +377,35 @@ fn check_decoder_cond(
                 "set `cond = sigma` in `network {}`, or drop the argument",
                 f.name
             )),
+        );
+    }
+}
+
+/// A mask is drawn over a ViT's patch grid.
+fn check_mask_source(
+    out: &[(Option<String>, RValue)],
+    g: &GraphCx,
+    span: canc_grammar::Span,
+    cx: &mut Cx,
+) {
+    let Some((None, RValue::Ident(net))) = out.first() else {
+        return;
+    };
+    let Some(ty) = callee(net, g.networks)
+        .and_then(|(_, b)| b)
+        .and_then(|b| b.ty.clone())
+    else {
+        return;
+    };
+    if ty != "vit" {
+        cx.diags.push(
+            Diagnostic::error(
+                codes::INCONSISTENT,
+                span,
+                format!("`mask` needs a vit encoder, `{net}` is a `{ty}`"),
+            )
+            .label("no patch grid to mask")
+            .help("pass the encoder whose patches are masked, e.g. `mask(encoder, ratio = 0.5)`"),
         );
     }
 }
@@ -490,6 +520,20 @@ fn check_tensor(v: &Value, g: &GraphCx, cx: &mut Cx) -> Option<RValue> {
             };
             let outputs = callee(callee_name, g.networks).map_or(&[][..], |(op, _)| op.outputs);
             let out = &parts[1];
+            if parts.len() > 2 && outputs.contains(&out.name.as_str()) {
+                cx.diags.push(
+                    Diagnostic::error(
+                        codes::UNKNOWN_OUTPUT,
+                        parts[2].span,
+                        format!(
+                            "`{}.{}` is a tensor; it has no `{}`",
+                            node.name, out.name, parts[2].name
+                        ),
+                    )
+                    .label("outputs have no fields"),
+                );
+                return None;
+            }
             if parts.len() == 2 && outputs.contains(&out.name.as_str()) {
                 return Some(RValue::Output(node.name.clone(), out.name.clone()));
             }
@@ -612,7 +656,7 @@ pub(crate) fn check_objective(b: &DocBlock, nodes: &NodeKinds, cx: &mut Cx) -> R
             None => {
                 let losses: Vec<&str> = nodes
                     .iter()
-                    .filter(|(_, (_, k))| *k == OpKind::Loss)
+                    .filter(|(_, (_, k))| *k == Some(OpKind::Loss))
                     .map(|(n, _)| n.as_str())
                     .collect();
                 cx.diags.push(
@@ -625,9 +669,9 @@ pub(crate) fn check_objective(b: &DocBlock, nodes: &NodeKinds, cx: &mut Cx) -> R
                     .maybe_help(suggest::hint(name, &losses)),
                 );
             }
-            Some((f, OpKind::Tensor)) => {
+            Some((f, Some(OpKind::Tensor))) => {
                 cx.diags.push(
-                    Diagnostic::error(codes::NOT_A_LOSS, s.key.span, format!("`{name}` is a `{f}` node, not a loss"))
+                    Diagnostic::error(codes::NOT_A_LOSS, s.key.span, format!("`{name}` is computed by `{f}`, not a loss"))
                         .label("not a loss")
                         .note("losses are infonce, infonce_qk, supcon, mse, l1, cosine, or mean/sum of losses"),
                 );

@@ -111,14 +111,13 @@ fn finish(
         .map_or(Span::new(root.file, 0, 0), |i| {
             Span::new(root.file, i.span.start as usize, i.span.start as usize)
         });
+    // Merge errors (duplicates, bad overrides) are local: keep checking to report the rest.
     let mut variants = Vec::new();
-    if !diags.iter().any(Diagnostic::is_error) {
-        for (variant, mut vdoc) in sweep::expand(doc, &mut diags) {
-            vars::substitute(&mut vdoc, root.file, &mut diags);
-            let (spec, d) = check::check(&vdoc, &name, variant, &sources, &files, root_span);
-            diags.extend(d);
-            variants.extend(spec);
-        }
+    for (variant, mut vdoc) in sweep::expand(doc, &mut diags) {
+        vars::substitute(&mut vdoc, root.file, &mut diags);
+        let (spec, d) = check::check(&vdoc, &name, variant, &sources, &files, root_span);
+        diags.extend(d);
+        variants.extend(spec);
     }
     diagnostic::normalize(&mut diags);
     if diags.iter().any(Diagnostic::is_error) {

@@ -34,11 +34,17 @@ const MAX_SYNTAX_ERRORS: usize = 20;
 /// The first syntax error and those after it: pest stops at the first error, so parsing resumes
 /// at the next line that starts a top-level item (no indentation), with everything before it
 /// blanked out so that spans stay right.
-pub fn syntax_errors(text: &str, file: FileId, first: canc_grammar::SyntaxError) -> Vec<Diagnostic> {
+pub fn syntax_errors(
+    text: &str,
+    file: FileId,
+    first: canc_grammar::SyntaxError,
+) -> Vec<Diagnostic> {
     let mut out = vec![unclosed_hint(syntax_diagnostic(first.clone()), text, 0)];
     let mut at = first.span.end as usize;
     while out.len() < MAX_SYNTAX_ERRORS {
-        let Some(start) = next_item_start(text, at) else { break };
+        let Some(start) = next_item_start(text, at) else {
+            break;
+        };
         let blanked: String = text
             .char_indices()
             .map(|(i, c)| if i < start && c != '\n' { ' ' } else { c })
@@ -75,7 +81,9 @@ fn unclosed_hint(d: Diagnostic, text: &str, from: usize) -> Diagnostic {
 
 /// Byte offset of the first line after `from` that starts at column 0 with an identifier.
 fn next_item_start(text: &str, from: usize) -> Option<usize> {
-    let mut offset = text[..from.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
+    let mut offset = text[..from.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
     for line in text[offset..].split_inclusive('\n') {
         let starts_item = line.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_');
         if offset > from && starts_item {

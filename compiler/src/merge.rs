@@ -129,7 +129,7 @@ fn nothing_to_remove(k: &Ident, parent: &str, block: &DocBlock) -> Diagnostic {
             k.name, k.name
         ),
     )
-    .label("not defined in the base")
+    .label("nothing of this name to remove")
     .maybe_help(suggest::did_you_mean(&k.name, names).map(|s| format!("did you mean `{s}`?")))
 }
 
@@ -143,6 +143,7 @@ fn merge_block(existing: &mut DocBlock, b: &Block, collection: bool, diags: &mut
         return;
     }
     existing.span = b.span;
+    existing.kind = b.kind.clone();
     let child_kinds = child_kinds(&b.kind.name, existing.ty.as_ref().map(|t| t.name.as_str()));
     let mut seen: HashMap<&str, canc_grammar::Span> = HashMap::new();
     for e in &b.entries {

@@ -126,6 +126,12 @@ pub fn check(v: &Value, ty: &Ty, what: &str, names: &Names) -> Result<RValue, Di
         (Ty::Int { min, max }, ValueKind::Number(n)) => match n.value {
             NumberValue::Int(i) if i >= *min && i <= *max => Ok(RValue::Int(i)),
             NumberValue::Int(i) => Err(out_of_range(v, ty, what, i.to_string())),
+            NumberValue::Float(_) if !n.text.contains(['.', 'e', 'E']) => Err(Diagnostic::error(
+                codes::BAD_NUMBER,
+                v.span,
+                format!("`{}` does not fit in a 64-bit integer", n.text),
+            )
+            .label("too large")),
             NumberValue::Float(_) => Err(mismatch(v, ty, what).help(format!(
                 "write a whole number, e.g. `{}`",
                 n.value.as_f64().round()
@@ -294,7 +300,18 @@ fn refers(v: &Value, s: &str, defined: &[String], noun: &str) -> Result<RValue, 
 fn check_dist(v: &Value, what: &str) -> Result<RValue, Diagnostic> {
     const DISTS: &[&str] = &["uniform", "loguniform", "normal"];
     match &v.kind {
-        ValueKind::Number(n) => Ok(RValue::Float(finite(n, v.span)?)),
+        ValueKind::Number(n) => {
+            let x = finite(n, v.span)?;
+            if what.contains("sigma") && x < 0.0 {
+                return Err(Diagnostic::error(
+                    codes::OUT_OF_RANGE,
+                    v.span,
+                    "a noise level cannot be negative",
+                )
+                .label("negative sigma"));
+            }
+            Ok(RValue::Float(x))
+        }
         ValueKind::Call(name, args) => {
             if !DISTS.contains(&name.name.as_str()) {
                 return Err(Diagnostic::error(
@@ -317,6 +334,8 @@ fn check_dist(v: &Value, what: &str) -> Result<RValue, Diagnostic> {
             for (i, a) in args.iter().enumerate() {
                 match &a.value.kind {
                     ValueKind::Number(n) => xs[i] = finite(n, a.value.span)?,
+                    // Undefined variable, already reported.
+                    ValueKind::Var(_) => return Ok(RValue::None),
                     _ => {
                         return Err(mismatch(
                             &a.value,

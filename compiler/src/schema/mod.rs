@@ -234,7 +234,11 @@ pub fn describe(ty: &Ty) -> String {
             hi_open,
         } => format!(
             "a number in {}{}, {}{}",
-            if *lo_open { "(" } else { "[" },
+            if *lo_open || *lo == f64::NEG_INFINITY {
+                "("
+            } else {
+                "["
+            },
             num(*lo),
             num(*hi),
             if *hi_open || *hi == f64::INFINITY {
