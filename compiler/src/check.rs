@@ -442,15 +442,16 @@ pub fn check(
     }
 
     for b in doc.blocks.values() {
-        if let Some(n) = &b.name {
-            if !known.iter().any(|k| std::ptr::eq(*k, b)) {
-                cx.broken.push(n.name.clone());
-            }
+        if let Some(n) = &b.name
+            && !known.iter().any(|k| std::ptr::eq(*k, b))
+        {
+            cx.broken.push(n.name.clone());
         }
-        if b.kind.name == "network" && b.name.is_none() {
-            if let Some(t) = &b.ty {
-                cx.broken.push(t.name.clone());
-            }
+        if b.kind.name == "network"
+            && b.name.is_none()
+            && let Some(t) = &b.ty
+        {
+            cx.broken.push(t.name.clone());
         }
     }
 

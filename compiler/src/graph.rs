@@ -131,7 +131,7 @@ fn check_call(
     cx: &mut Cx,
 ) -> Option<RValue> {
     let Some((op, net)) = callee(&f.name, g.networks) else {
-        if cx.broken.iter().any(|b| *b == f.name) {
+        if cx.broken.contains(&f.name) {
             // A declared network whose own block has errors, already reported.
             return None;
         }
