@@ -49,10 +49,11 @@ pub fn parse_override(text: &str, file: FileId) -> Result<(Vec<Ident>, Value), S
     match CanspecParser::parse(Rule::override_arg, text) {
         Ok(mut pairs) => {
             let root = pairs.next().expect("override_arg pair");
-            let mut inner = root.into_inner();
+            // Comments are allowed between tokens (`a=1 # why`) and dropped.
+            let mut stray = Vec::new();
+            let mut inner = b.non_comments(root, &mut stray);
             let target = inner.next().expect("path or ident");
             let path = b.path_of_pair(target);
-            let mut stray = Vec::new();
             let value = b.value_of_pair(inner.next().expect("value"), &mut stray);
             Ok((path, value))
         }
