@@ -82,15 +82,7 @@ pub fn reference() -> String {
     }
     out.push_str("## Graph operations\n\nInputs are node names, `node.output`, or nested expressions; `VIEW` and `NETWORK` are block names.\n\n");
     for op in schema::OPS {
-        let inputs: Vec<String> = op
-            .inputs
-            .iter()
-            .map(|i| match i {
-                Input::Tensor(n) => n.to_string(),
-                Input::View => "VIEW".into(),
-                Input::Network => "NETWORK".into(),
-            })
-            .collect();
+        let inputs: Vec<&str> = op.inputs.iter().map(|i| i.placeholder()).collect();
         let dots = if op.variadic { ", ..." } else { "" };
         let _ = writeln!(
             out,

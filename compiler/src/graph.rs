@@ -178,15 +178,7 @@ fn check_call(
         } else {
             op.inputs.len().to_string()
         };
-        let inputs: Vec<String> = op
-            .inputs
-            .iter()
-            .map(|i| match i {
-                Input::Tensor(n) => n.to_string(),
-                Input::View => "VIEW".into(),
-                Input::Network => "NETWORK".into(),
-            })
-            .collect();
+        let inputs: Vec<&str> = op.inputs.iter().map(|i| i.placeholder()).collect();
         cx.diags.push(
             Diagnostic::error(
                 codes::ARITY,

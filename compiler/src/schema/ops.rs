@@ -15,6 +15,17 @@ pub enum Input {
     Network,
 }
 
+impl Input {
+    /// How the input is written in signatures: its name, `VIEW` or `NETWORK`.
+    pub fn placeholder(self) -> &'static str {
+        match self {
+            Input::Tensor(n) => n,
+            Input::View => "VIEW",
+            Input::Network => "NETWORK",
+        }
+    }
+}
+
 /// What an operation produces, as far as the objective is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpKind {
