@@ -212,11 +212,7 @@ fn resolve(
         .filter(|v| variant.is_none() || v.variant.as_deref() == variant)
         .collect();
     if chosen.is_empty() {
-        let names: Vec<&str> = res
-            .variants
-            .iter()
-            .filter_map(|v| v.variant.as_deref())
-            .collect();
+        let names = res.variant_names();
         eprintln!(
             "error: no variant `{}`; variants: {}",
             variant.unwrap_or(""),

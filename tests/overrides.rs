@@ -173,11 +173,7 @@ fn sweeps_multiply_and_name_their_variants() {
     let text = "extends \"specs/can.canspec\"\nlet mask_ratio = sweep [0.25, 0.5]\nobjective.nce = sweep [0.01, 0.03, 0.1]\n";
     let res = resolve_source("child.canspec", text, &[]);
     assert!(!res.has_errors());
-    let names: Vec<&str> = res
-        .variants
-        .iter()
-        .filter_map(|v| v.variant.as_deref())
-        .collect();
+    let names = res.variant_names();
     assert_eq!(names.len(), 6);
     assert_eq!(names[0], "mask_ratio=0.25,objective.nce=0.01");
     assert_eq!(names[5], "mask_ratio=0.5,objective.nce=0.1");

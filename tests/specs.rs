@@ -123,11 +123,7 @@ fn sweeps_expand_to_named_variants() {
         &[],
     );
     assert!(!res.has_errors());
-    let names: Vec<&str> = res
-        .variants
-        .iter()
-        .filter_map(|v| v.variant.as_deref())
-        .collect();
+    let names = res.variant_names();
     assert!(
         names.len() >= 3,
         "a mask-ratio sweep has several variants: {names:?}"

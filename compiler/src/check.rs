@@ -59,28 +59,16 @@ impl DataInfo {
             Some("image_folder") | Some("synthetic") => {
                 d.image_size = b.get("image_size").and_then(RValue::as_i64).unwrap_or(32);
                 d.channels = b.get("channels").and_then(RValue::as_i64).unwrap_or(3);
-                let (m, s) = if b.ty.as_deref() == Some("synthetic") {
-                    (0.5, 0.25)
-                } else if d.channels == 1 {
-                    (0.449, 0.226)
-                } else {
-                    (f64::NAN, f64::NAN)
-                };
                 let n = d.channels as usize;
-                d.mean = floats("mean").unwrap_or_else(|| {
-                    if m.is_nan() {
-                        vec![0.485, 0.456, 0.406]
-                    } else {
-                        vec![m; n]
-                    }
-                });
-                d.std = floats("std").unwrap_or_else(|| {
-                    if s.is_nan() {
-                        vec![0.229, 0.224, 0.225]
-                    } else {
-                        vec![s; n]
-                    }
-                });
+                let (mean, std) = if b.ty.as_deref() == Some("synthetic") {
+                    (vec![0.5; n], vec![0.25; n])
+                } else if n == 1 {
+                    (vec![0.449], vec![0.226])
+                } else {
+                    (vec![0.485, 0.456, 0.406], vec![0.229, 0.224, 0.225])
+                };
+                d.mean = floats("mean").unwrap_or(mean);
+                d.std = floats("std").unwrap_or(std);
             }
             _ => {}
         }
@@ -119,7 +107,7 @@ impl Cx<'_> {
 }
 
 /// The value a literal default stands for.
-fn literal_default(lit: &str, f: &Field, names: &Names) -> RValue {
+pub(crate) fn literal_default(lit: &str, f: &Field, names: &Names) -> RValue {
     let parsed = canc_grammar::parse_override(&format!("x={lit}"), u32::MAX);
     match parsed.map(|(_, v)| value::check(&v, &f.ty, f.name, names)) {
         Ok(Ok(v)) => v,

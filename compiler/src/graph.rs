@@ -288,11 +288,10 @@ fn check_call(
                 );
             }
             Default::Lit(lit) => {
-                if let Ok((_, v)) = canc_grammar::parse_override(&format!("x={lit}"), u32::MAX)
-                    && let Ok(r) = value::check(&v, &field.ty, field.name, &cx.names)
-                {
-                    kw.insert(field.name, r);
-                }
+                kw.insert(
+                    field.name,
+                    crate::check::literal_default(lit, field, &cx.names),
+                );
             }
             _ => {}
         }

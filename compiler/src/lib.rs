@@ -50,6 +50,14 @@ impl Resolution {
     pub fn has_errors(&self) -> bool {
         self.diagnostics.iter().any(Diagnostic::is_error)
     }
+
+    /// The names of the sweep variants, in expansion order (empty without sweeps).
+    pub fn variant_names(&self) -> Vec<&str> {
+        self.variants
+            .iter()
+            .filter_map(|v| v.variant.as_deref())
+            .collect()
+    }
 }
 
 /// Resolves the spec at `path` with command-line `overrides` (`key=value`).

@@ -314,34 +314,29 @@ pub fn apply_set(
                 DocEntry::Block(DocBlock::empty(seg.clone())),
             );
         }
-        if matches!(current.entries.get(&seg.name), Some(DocEntry::Block(_))) {
-            let Some(DocEntry::Block(child)) = current.entries.get_mut(&seg.name) else {
-                unreachable!("checked just above (apply_set)")
-            };
-            current = child;
-            continue;
+        if !matches!(current.entries.get(&seg.name), Some(DocEntry::Block(_))) {
+            let names: Vec<&str> = current
+                .entries
+                .iter()
+                .filter(|(_, e)| matches!(e, DocEntry::Block(_)))
+                .map(|(k, _)| k.as_str())
+                .chain(kinds.iter().copied())
+                .collect();
+            diags.push(
+                Diagnostic::error(
+                    codes::BAD_OVERRIDE,
+                    seg.span,
+                    format!("`{}` has no nested block `{}`", current.kind.name, seg.name),
+                )
+                .label("not found")
+                .maybe_help(suggest::hint(&seg.name, &names)),
+            );
+            return;
         }
-        {
-            {
-                let names: Vec<&str> = current
-                    .entries
-                    .iter()
-                    .filter(|(_, e)| matches!(e, DocEntry::Block(_)))
-                    .map(|(k, _)| k.as_str())
-                    .chain(kinds.iter().copied())
-                    .collect();
-                diags.push(
-                    Diagnostic::error(
-                        codes::BAD_OVERRIDE,
-                        seg.span,
-                        format!("`{}` has no nested block `{}`", current.kind.name, seg.name),
-                    )
-                    .label("not found")
-                    .maybe_help(suggest::hint(&seg.name, &names)),
-                );
-                return;
-            }
-        }
+        let Some(DocEntry::Block(child)) = current.entries.get_mut(&seg.name) else {
+            unreachable!("checked just above (apply_set)")
+        };
+        current = child;
     }
     let last = &rest[rest.len() - 1];
     let collection = matches!(bs.body, Body::Objective);
