@@ -22,6 +22,8 @@ pub type NodeKinds = IndexMap<String, (String, Option<OpKind>)>;
 struct GraphCx<'n> {
     nodes: &'n NodeKinds,
     networks: &'n IndexMap<String, RBlock>,
+    /// What `VIEW` and `NETWORK` inputs may name: declared views, checked networks.
+    refs: value::Names,
 }
 
 /// The op schema a callee name stands for, and the network block if it is a network.
@@ -102,6 +104,10 @@ pub(crate) fn check_graph(
     let gcx = GraphCx {
         nodes: &kinds,
         networks,
+        refs: value::Names {
+            networks: networks.keys().cloned().collect(),
+            views: cx.names.views.clone(),
+        },
     };
     let mut fields = IndexMap::new();
     for (name, e) in &b.entries {
@@ -211,13 +217,8 @@ fn check_call(
         };
         let r = match input {
             Input::Tensor(_) => check_tensor(v, g, cx),
-            Input::View => ident_ref(v, &cx.names.views.clone(), "view", cx),
-            Input::Network => ident_ref(
-                v,
-                &g.networks.keys().cloned().collect::<Vec<_>>(),
-                "network",
-                cx,
-            ),
+            Input::View => ident_ref(v, Ty::View, "view", g, cx),
+            Input::Network => ident_ref(v, Ty::Network, "network", g, cx),
         };
         if let Some(r) = r {
             out.push((None, r));
@@ -441,31 +442,13 @@ fn check_block_mask(
     }
 }
 
-fn ident_ref(v: &Value, defined: &[String], noun: &str, cx: &mut Cx) -> Option<RValue> {
-    let ty = if noun == "view" {
-        Ty::View
-    } else {
-        Ty::Network
-    };
-    match value::check(v, &ty, noun, &cx.names_with(noun, defined)) {
+fn ident_ref(v: &Value, ty: Ty, noun: &str, g: &GraphCx, cx: &mut Cx) -> Option<RValue> {
+    match value::check(v, &ty, noun, &g.refs) {
         Ok(r) => Some(r),
         Err(d) => {
             cx.diags.push(d);
             None
         }
-    }
-}
-
-impl Cx<'_> {
-    fn names_with(&self, noun: &str, defined: &[String]) -> value::Names {
-        let mut n = value::Names {
-            networks: self.names.networks.clone(),
-            views: self.names.views.clone(),
-        };
-        if noun == "network" {
-            n.networks = defined.to_vec();
-        }
-        n
     }
 }
 
