@@ -12,6 +12,7 @@ pub const MAX_VARIANTS: usize = 1024;
 struct Site {
     path: String,
     choices: Vec<Value>,
+    span: canc_grammar::Span,
 }
 
 /// Visits every value of the document with its dotted path, in a fixed order.
@@ -92,6 +93,7 @@ pub fn expand(mut doc: Doc, diags: &mut Vec<Diagnostic>) -> Vec<(Option<String>,
             sites.push(Site {
                 path: p.to_string(),
                 choices: choices.clone(),
+                span: s.span,
             });
         })
     });
@@ -105,16 +107,10 @@ pub fn expand(mut doc: Doc, diags: &mut Vec<Diagnostic>) -> Vec<(Option<String>,
         .iter()
         .try_fold(1usize, |acc, s| acc.checked_mul(s.choices.len()));
     if total.is_none_or(|t| t > MAX_VARIANTS) {
-        let mut span = None;
-        visit(&mut doc, &mut |path, v| {
-            sweeps_in(path, v, &mut |_, s| {
-                span.get_or_insert(s.span);
-            })
-        });
         diags.push(
             Diagnostic::error(
                 codes::BAD_SWEEP,
-                span.unwrap_or_default(),
+                sites[0].span,
                 format!("the sweeps expand to more than {MAX_VARIANTS} variants"),
             )
             .label("first sweep")
