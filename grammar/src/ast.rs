@@ -173,6 +173,18 @@ pub enum Unit {
 }
 
 impl Unit {
+    /// Every unit.
+    pub const ALL: [Unit; 8] = [
+        Unit::Epochs,
+        Unit::Steps,
+        Unit::Images,
+        Unit::Millis,
+        Unit::Seconds,
+        Unit::Minutes,
+        Unit::Hours,
+        Unit::Percent,
+    ];
+
     /// Canonical spelling.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -105,18 +105,7 @@ fn number() -> impl Strategy<Value = Number> + Clone {
 }
 
 fn unit() -> impl Strategy<Value = Unit> + Clone {
-    select(
-        &[
-            Unit::Epochs,
-            Unit::Steps,
-            Unit::Images,
-            Unit::Millis,
-            Unit::Seconds,
-            Unit::Minutes,
-            Unit::Hours,
-            Unit::Percent,
-        ][..],
-    )
+    select(&&Unit::ALL[..])
 }
 
 /// Any string: escapes (`"`, `\`, newline, tab), other control characters, non-ASCII.
@@ -704,16 +693,7 @@ fn hand_built_tree_round_trips() {
     .into_iter()
     .map(val)
     .collect();
-    for u in [
-        Unit::Epochs,
-        Unit::Steps,
-        Unit::Images,
-        Unit::Millis,
-        Unit::Seconds,
-        Unit::Minutes,
-        Unit::Hours,
-        Unit::Percent,
-    ] {
+    for u in Unit::ALL {
         values.push(val(ValueKind::Quantity(n("10"), u)));
     }
     let entries = values
