@@ -105,7 +105,7 @@ fn number() -> impl Strategy<Value = Number> + Clone {
 }
 
 fn unit() -> impl Strategy<Value = Unit> + Clone {
-    select(&&Unit::ALL[..])
+    select(&Unit::ALL[..])
 }
 
 /// Any string: escapes (`"`, `\`, newline, tab), other control characters, non-ASCII.
