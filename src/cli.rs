@@ -1,7 +1,7 @@
 //! The command line: one subcommand per stage, exit codes 0 (ok), 1 (spec errors), 2 (usage).
 
 use canc_compiler::diagnostic::{self, Style};
-use canc_compiler::{Resolution, codes};
+use canc_compiler::{Plan, Resolution, ResolvedSpec, codes, cost};
 use clap::{Parser, Subcommand, ValueEnum};
 use codespan_reporting::term::termcolor::{ColorChoice, StandardStream};
 use std::io::{IsTerminal, Write};
@@ -80,16 +80,98 @@ enum Command {
         #[arg(long, conflicts_with = "check")]
         stdout: bool,
     },
-    /// Explain a diagnostic code (`canc explain E0011`), or list them all.
+    /// Compile a spec to its execution plan (RON): every sweep variant is compiled and checked.
+    Compile {
+        #[command(flatten)]
+        input: SpecArgs,
+        /// Write the plan here instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Draw the loss graph: stop-gradient edges dashed, EMA edges labelled, loss weights shown.
+    Graph {
+        #[command(flatten)]
+        input: SpecArgs,
+        /// Output format (`svg` runs Graphviz's `dot`).
+        #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
+        format: GraphFormat,
+        /// Write here instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Semantic diff of two specs: values, wiring, losses, parameters and FLOPs that changed.
+    Diff {
+        /// The first spec.
+        a: PathBuf,
+        /// The second spec.
+        b: PathBuf,
+        /// Override a value in both.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Diagnostic format.
+        #[arg(long, value_enum, default_value_t = MessageFormat::Human)]
+        message_format: MessageFormat,
+    },
+    /// Parameters, FLOPs per image and per step, and a memory estimate.
+    Cost {
+        #[command(flatten)]
+        input: SpecArgs,
+        /// Images per step (default: the spec's batch).
+        #[arg(long)]
+        batch: Option<u64>,
+        /// Number format of activations for the memory estimate.
+        #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+        dtype: DtypeArg,
+    },
+    /// Explain a spec (every value and where it came from) or a diagnostic code (`E0011`).
     Explain {
-        /// A code such as E0011.
-        code: Option<String>,
+        /// A spec file, or a code such as E0011; without it, every code is listed.
+        target: Option<String>,
         /// Print every code with its explanation as Markdown (docs/errors.md).
-        #[arg(long, conflicts_with = "code")]
+        #[arg(long, conflicts_with = "target")]
         markdown: bool,
+        /// Override a value (when explaining a spec).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Only this sweep variant.
+        #[arg(long)]
+        variant: Option<String>,
     },
     /// Print the language reference (every block, key, augmentation and op) as Markdown.
     Schema,
+}
+
+/// A spec with overrides and an optional sweep variant.
+#[derive(clap::Args)]
+struct SpecArgs {
+    /// Spec file.
+    spec: PathBuf,
+    /// Override a value: `--set train.batch=128`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Only this sweep variant (its name, as `canc check` lists it).
+    #[arg(long)]
+    variant: Option<String>,
+    /// Diagnostic format.
+    #[arg(long, value_enum, default_value_t = MessageFormat::Human)]
+    message_format: MessageFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum GraphFormat {
+    /// Graphviz DOT.
+    Dot,
+    /// Mermaid flowchart.
+    Mermaid,
+    /// SVG, rendered by Graphviz's `dot` (must be installed).
+    Svg,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum DtypeArg {
+    F32,
+    Bf16,
+    F16,
 }
 
 /// Runs the command line.
@@ -123,11 +205,51 @@ pub fn main() -> ExitCode {
             check,
             stdout,
         } => fmt(&specs, check, stdout, color),
+        Command::Compile { input, output } => compile(&input, output.as_deref(), color),
+        Command::Graph {
+            input,
+            format,
+            output,
+        } => graph(&input, format, output.as_deref(), color),
+        Command::Diff {
+            a,
+            b,
+            overrides,
+            message_format,
+        } => diff(&a, &b, &overrides, message_format, color),
+        Command::Cost {
+            input,
+            batch,
+            dtype,
+        } => {
+            let dtype = match dtype {
+                DtypeArg::F32 => cost::Dtype::F32,
+                DtypeArg::Bf16 => cost::Dtype::Bf16,
+                DtypeArg::F16 => cost::Dtype::F16,
+            };
+            with_plans(&input, color, |_, plan| cost::report(plan, batch, dtype))
+        }
         Command::Explain { markdown: true, .. } => {
             print!("{}", canc_compiler::docs::errors());
             ExitCode::SUCCESS
         }
-        Command::Explain { code, .. } => explain(code.as_deref()),
+        Command::Explain {
+            target: Some(t),
+            overrides,
+            variant,
+            ..
+        } if t.ends_with(".canspec") || std::path::Path::new(&t).is_file() => {
+            let input = SpecArgs {
+                spec: PathBuf::from(t),
+                overrides,
+                variant,
+                message_format: MessageFormat::Human,
+            };
+            with_plans(&input, color, |spec, plan| {
+                canc_compiler::explain::explain(spec, plan)
+            })
+        }
+        Command::Explain { target, .. } => explain(target.as_deref()),
         Command::Schema => {
             print!("{}", canc_compiler::docs::reference());
             ExitCode::SUCCESS
@@ -303,4 +425,197 @@ fn explain(code: Option<&str>) -> ExitCode {
             }
         },
     }
+}
+
+/// Resolves and compiles `input`; reports diagnostics; returns the chosen variants' indices.
+fn load(input: &SpecArgs, color: ColorChoice) -> Result<(Resolution, Vec<usize>), ExitCode> {
+    let res = canc_compiler::resolve_path(&input.spec, &input.overrides);
+    report(&res, input.message_format, color);
+    if res.has_errors() {
+        return Err(ExitCode::from(1));
+    }
+    let chosen: Vec<usize> = (0..res.plans.len())
+        .filter(|&i| {
+            input.variant.is_none()
+                || res.variants[i].variant.as_deref() == input.variant.as_deref()
+        })
+        .collect();
+    if chosen.is_empty() {
+        eprintln!(
+            "error: no variant `{}`; variants: {}",
+            input.variant.as_deref().unwrap_or(""),
+            res.variant_names().join(" | ")
+        );
+        return Err(ExitCode::from(1));
+    }
+    Ok((res, chosen))
+}
+
+/// Prints `f(spec, plan)` for each chosen variant, with a header line per variant of a sweep.
+fn with_plans(
+    input: &SpecArgs,
+    color: ColorChoice,
+    f: impl Fn(&ResolvedSpec, &Plan) -> String,
+) -> ExitCode {
+    let (res, chosen) = match load(input, color) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let mut out = std::io::stdout().lock();
+    for i in chosen {
+        if let Some(v) = &res.variants[i].variant {
+            let _ = writeln!(out, "== variant {v}");
+        }
+        let _ = write!(out, "{}", f(&res.variants[i], &res.plans[i]));
+    }
+    ExitCode::SUCCESS
+}
+
+/// Writes `text` to `path` atomically (temp file + rename), or to stdout.
+fn emit_text(text: &str, path: Option<&std::path::Path>) -> ExitCode {
+    let Some(path) = path else {
+        print!("{text}");
+        return ExitCode::SUCCESS;
+    };
+    let tmp = path.with_extension("canc-tmp");
+    match std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            eprintln!("error: cannot write `{}`: {e}", path.display());
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn compile(input: &SpecArgs, output: Option<&std::path::Path>, color: ColorChoice) -> ExitCode {
+    let (res, chosen) = match load(input, color) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let mut text = String::new();
+    for &i in &chosen {
+        if let Some(v) = &res.variants[i].variant {
+            text.push_str(&format!("// variant {v}\n"));
+        }
+        text.push_str(&res.plans[i].to_ron());
+        text.push('\n');
+    }
+    if input.message_format != MessageFormat::Json {
+        let n = chosen.len();
+        eprintln!(
+            "    Compiled {}{}",
+            input.spec.display(),
+            if n > 1 {
+                format!(" ({n} variants)")
+            } else {
+                String::new()
+            }
+        );
+    }
+    emit_text(&text, output)
+}
+
+fn graph(
+    input: &SpecArgs,
+    format: GraphFormat,
+    output: Option<&std::path::Path>,
+    color: ColorChoice,
+) -> ExitCode {
+    let (res, chosen) = match load(input, color) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    if chosen.len() > 1 {
+        eprintln!(
+            "error: `{}` is a sweep; pick one with --variant ({})",
+            input.spec.display(),
+            res.variant_names().join(" | ")
+        );
+        return ExitCode::from(2);
+    }
+    let plan = &res.plans[chosen[0]];
+    let text = match format {
+        GraphFormat::Dot => canc_compiler::dot::to_dot(plan),
+        GraphFormat::Mermaid => canc_compiler::dot::to_mermaid(plan),
+        GraphFormat::Svg => match render_svg(&canc_compiler::dot::to_dot(plan)) {
+            Ok(svg) => svg,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        },
+    };
+    emit_text(&text, output)
+}
+
+/// Runs Graphviz's `dot -Tsvg` on `dot`.
+fn render_svg(dot: &str) -> Result<String, String> {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("dot")
+        .arg("-Tsvg")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            format!("cannot run Graphviz `dot` ({e}); install it (`apt-get install graphviz`) or use --format dot")
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(dot.as_bytes())
+            .map_err(|e| format!("writing to `dot`: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("waiting for `dot`: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`dot` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    String::from_utf8(out.stdout).map_err(|e| format!("`dot` wrote invalid UTF-8: {e}"))
+}
+
+fn diff(
+    a: &std::path::Path,
+    b: &std::path::Path,
+    overrides: &[String],
+    format: MessageFormat,
+    color: ColorChoice,
+) -> ExitCode {
+    let mut sides = Vec::new();
+    for path in [a, b] {
+        let input = SpecArgs {
+            spec: path.to_path_buf(),
+            overrides: overrides.to_vec(),
+            variant: None,
+            message_format: format,
+        };
+        match load(&input, color) {
+            Ok((res, chosen)) => {
+                if chosen.len() > 1 {
+                    eprintln!(
+                        "note: `{}` is a sweep; comparing its first variant ({})",
+                        path.display(),
+                        res.variant_names().first().copied().unwrap_or("")
+                    );
+                }
+                sides.push(res)
+            }
+            Err(code) => return code,
+        }
+    }
+    let (ra, rb) = (&sides[0], &sides[1]);
+    let text = canc_compiler::diff::diff(
+        (&ra.variants[0], &ra.plans[0]),
+        (&rb.variants[0], &rb.plans[0]),
+    );
+    if text.is_empty() {
+        println!("no semantic difference: both compile to the same plan");
+    } else {
+        print!("{text}");
+    }
+    ExitCode::SUCCESS
 }

@@ -29,7 +29,8 @@ pub struct DataInfo {
 }
 
 impl DataInfo {
-    fn of(block: Option<&RBlock>) -> Self {
+    /// What the data block (or the default, Fashion-MNIST) implies.
+    pub fn of(block: Option<&RBlock>) -> Self {
         let mut d = DataInfo {
             image_size: 28,
             channels: 1,
@@ -90,6 +91,7 @@ pub(crate) struct Cx<'a> {
     pub sources: &'a SourceMap,
     pub diags: Vec<Diagnostic>,
     pub provenance: IndexMap<String, Provenance>,
+    pub spans: IndexMap<String, Span>,
     pub names: Names,
     pub data: DataInfo,
     /// Names of named blocks that failed their own checks (calls to them are not re-reported).
@@ -102,6 +104,7 @@ impl Cx<'_> {
             Origin::Spec => Provenance::Spec(self.sources.location(span)),
             Origin::Cli => Provenance::Cli(self.sources.name(span.file).to_string()),
         };
+        self.spans.insert(path.clone(), span);
         self.provenance.insert(path, p);
     }
 }
@@ -324,6 +327,7 @@ pub fn check(
         sources,
         diags: Vec::new(),
         provenance: IndexMap::new(),
+        spans: IndexMap::new(),
         names: Names::default(),
         data: DataInfo::of(None),
         broken: Vec::new(),
@@ -420,6 +424,11 @@ pub fn check(
         }
     }
     for b in &known {
+        let (path, span) = match &b.name {
+            Some(n) => (format!("{}.{}", b.kind.name, n.name), n.span),
+            None => (b.kind.name.clone(), b.kind.span),
+        };
+        cx.spans.insert(path, span);
         if let Some(n) = &b.name {
             match b.kind.name.as_str() {
                 "network" => cx.names.networks.push(n.name.clone()),
@@ -523,6 +532,7 @@ pub fn check(
         lets,
         blocks,
         provenance: cx.provenance,
+        spans: cx.spans,
     };
     (if errors { None } else { Some(spec) }, cx.diags)
 }

@@ -117,10 +117,42 @@ codes! {
         "The objective has no terms (all removed?): there is nothing to train.";
     BAD_EMA = "E0054", "invalid EMA source",
         "An `ema` network must copy a trainable network defined in the spec, not another EMA network.";
+    SHAPE_MISMATCH = "E0055", "shape mismatch",
+        "Two tensors that an operation combines do not fit: an embedding of one width where another \
+         is expected, a network called with inputs of two different widths, a reconstruction target \
+         whose patch size differs from the decoder's output, or a view whose image size differs from \
+         the encoder's. The message gives both shapes; `B` is the batch.";
+    GRAPH_CYCLE = "E0056", "cycle in the graph",
+        "Following the graph's references from a node leads back to it. Each node is computed from \
+         nodes computed before it, so the references must form a directed acyclic graph.";
+    NO_GRADIENT = "E0057", "loss without gradient",
+        "An objective term does not depend on any trainable parameter: every path to a network \
+         passes through `stop_grad`, an EMA network, or no network at all. It would add a constant \
+         to the loss. Remove the `stop_grad`, or the term.";
+    WRONG_TENSOR = "E0058", "wrong kind of tensor",
+        "An operation received a different kind of value than it takes: tokens where an embedding \
+         is expected (pool them first), an image where patches are expected (patchify it), a loss \
+         where a tensor is expected, or something other than a mask in a mask argument.";
+    NO_VISIBLE = "E0059", "mask leaves no visible patch",
+        "At this ratio the mask hides every patch of the grid (the encoder keeps \
+         floor(N·(1−ratio)) of N patches), so the encoder would see nothing. Lower the ratio or use \
+         smaller patches.";
+    MASK_MISMATCH = "E0060", "mask mismatch",
+        "A mask is used with tokens it was not drawn for: a decoder given a different mask than the \
+         encoder used, a mask over another grid, or encoder tokens decoded without their mask.";
     UNUSED_VAR = "W0001", "unused variable",
         "A `let` is defined but never used.";
     ZERO_WEIGHT = "W0002", "zero-weight objective term",
         "A term with weight 0 is computed but does not train anything; remove it with `name = none`.";
+    UNUSED_NODE = "W0003", "unused graph node",
+        "A graph node does not contribute to any objective term, so it is never computed. Remove it \
+         (`name = none` in an extending spec) or add it to the objective.";
+    UNUSED_DECL = "W0004", "unused network or view",
+        "A network or view is declared but no graph node uses it. It is not built.";
+    UNTRAINED = "W0005", "network receives no gradient",
+        "A trainable network is used, but no weighted objective term sends gradient into it (its \
+         outputs reach losses only through `stop_grad`, or only terms of weight 0), so its weights \
+         stay at initialisation. An EMA network following it would stay constant too.";
 }
 
 /// Looks up a code by id (case-insensitive).

@@ -3,6 +3,7 @@
 //! ```text
 //!  .canspec text ─parse─▶ ast::SpecFile ─load─▶ extends chain (base first) ─merge─▶ Doc
 //!      ─overrides (--set)─▶ Doc ─sweeps─▶ variants ─vars─▶ ─check─▶ ResolvedSpec (canonical, RON)
+//!      ─lower─▶ LossGraph (petgraph) ─validate─▶ GraphInfo (types, gradient flow) ─plan─▶ Plan (RON)
 //! ```
 //! Every stage reports [`Diagnostic`]s with spans into the [`SourceMap`]; parsing stops at the
 //! first syntax error, the semantic stages collect every problem.
@@ -12,21 +13,31 @@
 
 pub mod check;
 pub mod codes;
+pub mod cost;
 pub mod diagnostic;
+pub mod diff;
 pub mod doc;
 pub mod docs;
+pub mod dot;
+pub mod explain;
 mod graph;
+pub mod ir;
 pub mod load;
+pub mod lower;
 pub mod merge;
+pub mod plan;
 pub mod resolved;
 pub mod schema;
+pub mod shape;
 pub mod source;
 pub mod suggest;
 pub mod sweep;
+pub mod validate;
 pub mod value;
 pub mod vars;
 
 pub use diagnostic::{Diagnostic, Severity};
+pub use plan::Plan;
 pub use resolved::{RBlock, RValue, ResolvedSpec};
 pub use source::SourceMap;
 
@@ -43,6 +54,8 @@ pub struct Resolution {
     pub diagnostics: Vec<Diagnostic>,
     /// One entry per sweep variant (one if the spec has no sweeps).
     pub variants: Vec<ResolvedSpec>,
+    /// The compiled plan of each variant, in the same order (empty if there were errors).
+    pub plans: Vec<Plan>,
 }
 
 impl Resolution {
@@ -97,6 +110,7 @@ fn finish(
             sources,
             diagnostics: diags,
             variants: vec![],
+            plans: vec![],
         };
     };
     let mut doc = Doc::default();
@@ -121,19 +135,42 @@ fn finish(
         });
     // Merge errors (duplicates, bad overrides) are local: keep checking to report the rest.
     let mut variants = Vec::new();
+    let mut plans = Vec::new();
     for (variant, mut vdoc) in sweep::expand(doc, &mut diags) {
         vars::substitute(&mut vdoc, root.file, &mut diags);
         let (spec, d) = check::check(&vdoc, &name, variant, &sources, &files, root_span);
         diags.extend(d);
-        variants.extend(spec);
+        if let Some(spec) = spec {
+            // The graph is only checked on an otherwise valid spec: earlier errors would cascade.
+            if !diags.iter().any(Diagnostic::is_error)
+                && let Some(p) = compile(&spec, &mut diags)
+            {
+                plans.push(p);
+            }
+            variants.push(spec);
+        }
     }
     diagnostic::normalize(&mut diags);
     if diags.iter().any(Diagnostic::is_error) {
         variants.clear();
+        plans.clear();
     }
     Resolution {
         sources,
         diagnostics: diags,
         variants,
+        plans,
     }
+}
+
+/// Lowers, validates and plans one checked variant; `None` if the graph has errors (reported
+/// into `diags`).
+pub fn compile(spec: &ResolvedSpec, diags: &mut Vec<Diagnostic>) -> Option<Plan> {
+    let (graph, d) = lower::lower(spec);
+    let lowered_ok = !d.iter().any(Diagnostic::is_error);
+    diags.extend(d);
+    let (info, d) = validate::validate(spec, &graph);
+    let ok = lowered_ok && !d.iter().any(Diagnostic::is_error);
+    diags.extend(d);
+    ok.then(|| plan::plan(spec, &graph, &info))
 }

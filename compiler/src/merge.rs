@@ -282,11 +282,16 @@ pub fn apply_set(
         doc.blocks
             .insert(key.clone(), DocBlock::empty(first.clone()));
     }
+    if rest.is_empty() && bs.named && is_none(value) {
+        // `network.projector = none`: an extending spec drops an inherited network or view.
+        doc.blocks.shift_remove(&key);
+        return;
+    }
     if rest.is_empty() {
         diags.push(
             bad("an override must name a key, not a whole block".into())
                 .label("names a block")
-                .help("write `block.key = value`"),
+                .help("write `block.key = value`; `network.NAME = none` or `view.NAME = none` drops a whole network or view"),
         );
         return;
     }

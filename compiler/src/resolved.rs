@@ -112,6 +112,10 @@ pub struct ResolvedSpec {
     /// Where each value came from, by dotted path (not part of the canonical form).
     #[serde(skip)]
     pub provenance: IndexMap<String, Provenance>,
+    /// Where each value and named block was written, by dotted path (`graph.z1`,
+    /// `network.encoder`, `network.encoder.dim`), for diagnostics of later stages.
+    #[serde(skip)]
+    pub spans: IndexMap<String, canc_grammar::Span>,
 }
 
 impl ResolvedSpec {
