@@ -2,7 +2,11 @@
 
 mod bad;
 mod cli;
+mod diff;
 mod docs;
+mod dot;
+mod explain;
 mod overrides;
+mod plans;
 mod robustness;
 mod specs;

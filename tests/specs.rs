@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-fn spec_files() -> Vec<PathBuf> {
+pub(crate) fn spec_files() -> Vec<PathBuf> {
     let mut out = Vec::new();
     for dir in ["specs", "specs/ablations"] {
         if let Ok(rd) = std::fs::read_dir(dir) {
@@ -19,7 +19,7 @@ fn spec_files() -> Vec<PathBuf> {
     out
 }
 
-fn snapshot_name(p: &Path) -> String {
+pub(crate) fn snapshot_name(p: &Path) -> String {
     p.to_string_lossy()
         .replace(['/', '\\'], "__")
         .trim_end_matches(".canspec")
