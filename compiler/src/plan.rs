@@ -401,10 +401,11 @@ fn rng_draw(op: &Op, out: &Fact) -> Option<String> {
 }
 
 impl Plan {
-    /// The canonical RON text.
+    /// The canonical RON text: one line per step input, network setting and augmentation.
     pub fn to_ron(&self) -> String {
         let cfg = ron::ser::PrettyConfig::new()
             .indentor("  ".to_string())
+            .depth_limit(4)
             .struct_names(false);
         ron::ser::to_string_pretty(self, cfg).unwrap_or_else(|e| format!("/* RON error: {e} */"))
     }
