@@ -88,6 +88,29 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// Train a spec: compile it, load its data, run the plan, write metrics into a run directory.
+    Run {
+        #[command(flatten)]
+        input: SpecArgs,
+        /// Run directory (default: runs/<spec>[-<variant>][-smoke]).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Data location, overriding the spec's `data.path`.
+        #[arg(long, value_name = "PATH")]
+        data: Option<PathBuf>,
+        /// `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`).
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Optimizer steps to run (default: the spec's epochs).
+        #[arg(long, conflicts_with = "epochs")]
+        steps: Option<u64>,
+        /// Epochs to run.
+        #[arg(long)]
+        epochs: Option<u64>,
+        /// A quick end-to-end check: 256 images, batch 32, 30 steps, 3 warm-up steps.
+        #[arg(long)]
+        smoke: bool,
+    },
     /// Draw the loss graph: stop-gradient edges dashed, EMA edges labelled, loss weights shown.
     Graph {
         #[command(flatten)]
@@ -206,6 +229,66 @@ pub fn main() -> ExitCode {
             stdout,
         } => fmt(&specs, check, stdout, color),
         Command::Compile { input, output } => compile(&input, output.as_deref(), color),
+        Command::Run {
+            mut input,
+            out,
+            data,
+            device,
+            steps,
+            epochs,
+            smoke,
+        } => {
+            let device = match canc_runtime::backend::DeviceSpec::parse(&device)
+                .and_then(|d| d.available())
+            {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if smoke {
+                // Applied before the spec's own --set values so those still win.
+                let mut sets: Vec<String> = crate::run::SMOKE_SETTINGS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
+                sets.append(&mut input.overrides);
+                input.overrides = sets;
+            }
+            let (res, chosen) = match load(&input, color) {
+                Ok(x) => x,
+                Err(code) => return code,
+            };
+            if chosen.len() > 1 {
+                eprintln!(
+                    "error: `{}` is a sweep; run one variant with --variant ({})",
+                    input.spec.display(),
+                    res.variant_names().join(" | ")
+                );
+                return ExitCode::from(2);
+            }
+            let i = chosen[0];
+            let spec = &res.variants[i];
+            let mut name = spec.name.clone();
+            if let Some(v) = &spec.variant {
+                name = format!("{name}-{v}");
+            }
+            if smoke {
+                name.push_str("-smoke");
+            }
+            crate::run::run(crate::run::RunArgs {
+                spec: input.spec.clone(),
+                plan: res.plans[i].clone(),
+                resolved_ron: spec.to_ron(),
+                out: out.unwrap_or_else(|| PathBuf::from("runs").join(name)),
+                data,
+                device,
+                steps,
+                epochs,
+                smoke,
+            })
+        }
         Command::Graph {
             input,
             format,

@@ -1,6 +1,7 @@
 //! `canc`: compile, check and run declarative self-supervised learning experiments.
 
 mod cli;
+mod run;
 
 fn main() -> std::process::ExitCode {
     cli::main()

@@ -1,4 +1,15 @@
-//! canc runtime: executes a compiled, validated plan with Burn.
+//! canc runtime: executes a compiled, validated plan with Burn. The only crate of the workspace
+//! that depends on Burn; the grammar and compiler crates never depend on it.
 //!
-//! This crate is the only one in the workspace that will depend on Burn. It is an empty shell
-//! until the runtime issue lands; the grammar and compiler crates never depend on it.
+//! ```text
+//!  Plan ─nn::build─▶ networks (ViT, decoder, MLP; EMA copies) ─exec─▶ per-term losses ─backward─▶
+//!      optimizer step (AdamW groups, warm-up + cosine) ─▶ EMA update ─▶ metrics
+//! ```
+
+pub mod backend;
+pub mod data;
+pub mod exec;
+pub mod loss;
+pub mod nn;
+pub mod schedule;
+pub mod train;

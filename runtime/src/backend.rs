@@ -1,0 +1,114 @@
+//! Backends and device selection: the CPU backend (Burn's `flex`) always; CUDA behind the `cuda`
+//! feature, chosen at run time with `--device cuda[:N]`.
+
+use std::fmt;
+
+/// The CPU backend.
+pub type Cpu = burn::backend::Flex;
+/// The CPU backend with autodiff, for training.
+pub type CpuTrain = burn::backend::Autodiff<Cpu>;
+
+/// The CUDA backend (feature `cuda`).
+#[cfg(feature = "cuda")]
+pub type Gpu = burn::backend::Cuda;
+/// The CUDA backend with autodiff (feature `cuda`).
+#[cfg(feature = "cuda")]
+pub type GpuTrain = burn::backend::Autodiff<Gpu>;
+
+/// CUDA device `index` (feature `cuda`).
+#[cfg(feature = "cuda")]
+pub fn cuda_device(index: usize) -> burn::backend::cuda::CudaDevice {
+    burn::backend::cuda::CudaDevice::new(index)
+}
+
+/// A device named on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// The CPU.
+    Cpu,
+    /// CUDA device `N`.
+    Cuda(usize),
+}
+
+/// A `--device` value that cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DeviceError {
+    /// Not `cpu`, `cuda` or `cuda:N`.
+    #[error("unknown device `{0}`: expected `cpu`, `cuda` or `cuda:N`")]
+    Unknown(String),
+    /// CUDA requested from a build without the `cuda` feature.
+    #[error(
+        "this canc was built without CUDA support; rebuild with `cargo build --release --features cuda`"
+    )]
+    NoCudaFeature,
+}
+
+impl DeviceSpec {
+    /// Parses `cpu`, `cuda`, `cuda:N`.
+    pub fn parse(s: &str) -> Result<Self, DeviceError> {
+        match s {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" | "gpu" => Ok(DeviceSpec::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceSpec::Cuda)
+                .ok_or_else(|| DeviceError::Unknown(s.to_string())),
+        }
+    }
+
+    /// Checks that this build can use the device (CUDA needs the `cuda` feature).
+    pub fn available(self) -> Result<Self, DeviceError> {
+        match self {
+            DeviceSpec::Cuda(_) if !cfg!(feature = "cuda") => Err(DeviceError::NoCudaFeature),
+            d => Ok(d),
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// Whether an NVIDIA driver is visible (`/proc/driver/nvidia/version` or `libcuda`), checked
+/// before Burn would panic on a missing GPU.
+pub fn cuda_driver_present() -> bool {
+    std::path::Path::new("/proc/driver/nvidia/version").exists()
+        || [
+            "/usr/lib/x86_64-linux-gnu/libcuda.so.1",
+            "/usr/lib64/libcuda.so.1",
+        ]
+        .iter()
+        .any(|p| std::path::Path::new(p).exists())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_devices() {
+        assert_eq!(DeviceSpec::parse("cpu"), Ok(DeviceSpec::Cpu));
+        assert_eq!(DeviceSpec::parse("cuda"), Ok(DeviceSpec::Cuda(0)));
+        assert_eq!(DeviceSpec::parse("cuda:3"), Ok(DeviceSpec::Cuda(3)));
+        assert!(matches!(
+            DeviceSpec::parse("cuda:x"),
+            Err(DeviceError::Unknown(_))
+        ));
+        assert!(matches!(
+            DeviceSpec::parse("tpu"),
+            Err(DeviceError::Unknown(_))
+        ));
+        if !cfg!(feature = "cuda") {
+            assert_eq!(
+                DeviceSpec::Cuda(0).available(),
+                Err(DeviceError::NoCudaFeature)
+            );
+        }
+    }
+}

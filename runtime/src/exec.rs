@@ -1,0 +1,546 @@
+//! The plan interpreter: walks a plan's steps in order over a table of values, calling the
+//! networks and losses the steps name. Nothing here knows a method: CAN, MAE, SimCLR, MoCo v3
+//! and CMAE differ only in their plans.
+
+use crate::loss;
+use crate::nn::{self, Network};
+use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor, TensorData};
+use canc_compiler::ir::{Dist, MaskStrategy, NetKind, Op, PoolMode, Port, Selection};
+use canc_compiler::plan::{Plan, Role, Step};
+use canc_compiler::shape::Fact;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use std::collections::HashMap;
+
+/// Errors while executing a plan.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// A network could not be built from the plan.
+    #[error("network `{0}`: {1}")]
+    Build(String, String),
+    /// A step read a value of the wrong kind (a compiler/runtime disagreement).
+    #[error("step `{step}`: {what}")]
+    Step {
+        /// The step.
+        step: String,
+        /// What went wrong.
+        what: String,
+    },
+    /// The batch lacks a view or labels a step needs.
+    #[error("the batch has no input for step `{0}`")]
+    MissingInput(String),
+}
+
+/// The trainable networks of a plan, in plan order (EMA networks are not here).
+#[derive(Module, Debug)]
+pub struct Nets<B: Backend> {
+    /// One per trained or untrained (non-EMA) network of the plan.
+    pub nets: Vec<Network<B>>,
+}
+
+/// A compiled program: the plan, its trainable networks and its EMA teachers.
+#[derive(Debug)]
+pub struct Program<B: AutodiffBackend> {
+    /// The plan.
+    pub plan: Plan,
+    /// Trainable networks.
+    pub model: Nets<B>,
+    /// Network name → index into `model.nets`.
+    pub index: HashMap<String, usize>,
+    /// EMA teachers (no autodiff): name, index of the source in `model.nets`, the copy.
+    pub teachers: Vec<(String, usize, Network<B::InnerBackend>)>,
+}
+
+/// One input batch: the images of each view step ([B, C, S, S], normalised) and the labels.
+pub struct Batch<B: Backend> {
+    /// View step name → images.
+    pub views: HashMap<String, Tensor<B, 4>>,
+    /// Labels, if the data has them.
+    pub labels: Option<Tensor<B, 1, Int>>,
+}
+
+/// A value of the plan's table.
+#[derive(Debug, Clone)]
+enum Value<B: Backend> {
+    Image(Tensor<B, 4>),
+    Tokens(Tensor<B, 3>),
+    Emb(Tensor<B, 2>),
+    Mask {
+        keep: Tensor<B, 2, Int>,
+        mask: Tensor<B, 2>,
+    },
+    Sigma(Tensor<B, 1>),
+    Labels(Tensor<B, 1, Int>),
+    Scalar(Tensor<B, 1>),
+}
+
+/// The result of one forward pass.
+pub struct Forward<B: Backend> {
+    /// Σ weight · term.
+    pub total: Tensor<B, 1>,
+    /// Each objective term's value, in objective order.
+    pub terms: Vec<(String, Tensor<B, 1>)>,
+}
+
+impl<B: AutodiffBackend> Program<B> {
+    /// Builds every network of `plan` on `device`; EMA teachers start as copies of their
+    /// sources.
+    pub fn new(plan: Plan, device: &B::Device) -> Result<Self, ExecError> {
+        let mut nets = Vec::new();
+        let mut index = HashMap::new();
+        for n in &plan.networks {
+            if matches!(n.role, Role::Ema { .. }) {
+                continue;
+            }
+            let net = nn::build::<B>(n, device)
+                .map_err(|e| ExecError::Build(n.name.clone(), e.to_string()))?;
+            index.insert(n.name.clone(), nets.len());
+            nets.push(net);
+        }
+        let model = Nets { nets };
+        let mut teachers = Vec::new();
+        for n in &plan.networks {
+            if let Role::Ema { source, .. } = &n.role {
+                let &src = index.get(source).ok_or_else(|| {
+                    ExecError::Build(n.name.clone(), format!("EMA source `{source}` not built"))
+                })?;
+                teachers.push((n.name.clone(), src, model.nets[src].valid()));
+            }
+        }
+        Ok(Program {
+            plan,
+            model,
+            index,
+            teachers,
+        })
+    }
+
+    /// Moves every teacher towards its source: `t ← m·t + (1 − m)·s`, for `momentum(name)`.
+    pub fn update_teachers(&mut self, momentum: impl Fn(&str) -> f64) {
+        for (name, src, teacher) in &mut self.teachers {
+            let m = momentum(name);
+            let mut collect = Collect::<B::InnerBackend>(Vec::new());
+            self.model.nets[*src].valid().visit(&mut collect);
+            let mut mapper = Ema {
+                source: collect.0.into_iter(),
+                m,
+            };
+            *teacher = teacher.clone().map(&mut mapper);
+        }
+    }
+
+    /// Runs the plan's forward pass on `batch`, drawing masks and noise from `rng`.
+    pub fn forward(&self, batch: &Batch<B>, rng: &mut StdRng) -> Result<Forward<B>, ExecError> {
+        forward(self, batch, rng)
+    }
+}
+
+/// Flattened float parameters in visiting order.
+struct Collect<B: Backend>(Vec<Tensor<B, 1>>);
+
+impl<B: Backend> ModuleVisitor<B> for Collect<B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.0.push(param.val().flatten(0, D - 1));
+    }
+}
+
+/// Applies the EMA update to each float parameter, in the same order as [`Collect`].
+struct Ema<B: Backend> {
+    source: std::vec::IntoIter<Tensor<B, 1>>,
+    m: f64,
+}
+
+impl<B: Backend> ModuleMapper<B> for Ema<B> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let Some(src) = self.source.next() else {
+            return param;
+        };
+        let m = self.m;
+        param.map(|t| {
+            let shape = t.shape();
+            t.mul_scalar(m) + src.reshape(shape).mul_scalar(1.0 - m)
+        })
+    }
+}
+
+fn err(step: &Step, what: impl Into<String>) -> ExecError {
+    ExecError::Step {
+        step: step.name.clone(),
+        what: what.into(),
+    }
+}
+
+fn sample(d: &Dist, rng: &mut StdRng) -> f64 {
+    match *d {
+        Dist::Const(x) => x,
+        Dist::Uniform(a, b) => a + (b - a) * rng.random::<f64>(),
+        Dist::LogUniform(a, b) => (a.ln() + (b.ln() - a.ln()) * rng.random::<f64>()).exp(),
+        Dist::Normal(m, s) => m + s * normal(rng),
+    }
+}
+
+/// A standard normal draw (Box–Muller).
+fn normal(rng: &mut StdRng) -> f64 {
+    let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+    let u2: f64 = rng.random();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+fn forward<B: AutodiffBackend>(
+    p: &Program<B>,
+    batch: &Batch<B>,
+    rng: &mut StdRng,
+) -> Result<Forward<B>, ExecError> {
+    let device = p.model.devices().first().cloned().unwrap_or_default();
+    let mut values: HashMap<String, Value<B>> = HashMap::new();
+    for step in &p.plan.steps {
+        let get = |port: Port| -> Result<&Value<B>, ExecError> {
+            let i = step
+                .inputs
+                .iter()
+                .find(|i| i.port == port)
+                .ok_or_else(|| err(step, format!("no input {port}")))?;
+            values
+                .get(&i.value)
+                .ok_or_else(|| err(step, format!("`{}` not computed", i.value)))
+        };
+        let out: Vec<(String, Value<B>)> = match &step.op {
+            Op::View { .. } => {
+                let x = batch
+                    .views
+                    .get(&step.name)
+                    .ok_or_else(|| ExecError::MissingInput(step.name.clone()))?;
+                vec![(step.name.clone(), Value::Image(x.clone()))]
+            }
+            Op::Labels => {
+                let l = batch
+                    .labels
+                    .clone()
+                    .ok_or_else(|| ExecError::MissingInput(step.name.clone()))?;
+                vec![(step.name.clone(), Value::Labels(l))]
+            }
+            Op::AddNoise { sigma } => {
+                let Value::Image(x) = get(Port::Arg(0))? else {
+                    return Err(err(step, "add_noise needs images"));
+                };
+                let [b, c, h, w] = x.dims();
+                let sig: Vec<f32> = (0..b).map(|_| sample(sigma, rng) as f32).collect();
+                let per = c * h * w;
+                let mut eps = Vec::with_capacity(b * per);
+                for s in &sig {
+                    eps.extend((0..per).map(|_| (*s as f64 * normal(rng)) as f32));
+                }
+                let noise = Tensor::<B, 4>::from_data(TensorData::new(eps, [b, c, h, w]), &device);
+                let sigma = Tensor::<B, 1>::from_data(TensorData::new(sig, [b]), &device);
+                vec![
+                    (step.name.clone(), Value::Image(x.clone() + noise.clone())),
+                    (format!("{}.noise", step.name), Value::Image(noise)),
+                    (format!("{}.sigma", step.name), Value::Sigma(sigma)),
+                ]
+            }
+            Op::Mask {
+                strategy, block, ..
+            } => {
+                let Fact::Mask { grid, masked } = step.out else {
+                    return Err(err(step, "mask step without a mask type"));
+                };
+                let b = batch_size(batch);
+                let (grid, kept) = (grid as usize, (grid - masked) as usize);
+                let (keep, mask) = match strategy {
+                    MaskStrategy::Random => nn::mask::random_keep::<B>(b, grid, kept, rng, &device),
+                    MaskStrategy::Block => {
+                        let side = (grid as f64).sqrt().round() as usize;
+                        nn::mask::block_keep::<B>(b, side, kept, *block as usize, rng, &device)
+                    }
+                };
+                vec![(step.name.clone(), Value::Mask { keep, mask })]
+            }
+            Op::Patchify { patch } => {
+                let Value::Image(x) = get(Port::Arg(0))? else {
+                    return Err(err(step, "patchify needs images"));
+                };
+                vec![(
+                    step.name.clone(),
+                    Value::Tokens(loss::patchify(x.clone(), *patch as usize)),
+                )]
+            }
+            Op::PatchNorm { eps } => {
+                let Value::Tokens(x) = get(Port::Arg(0))? else {
+                    return Err(err(step, "patch_norm needs patches"));
+                };
+                vec![(
+                    step.name.clone(),
+                    Value::Tokens(loss::patch_norm(x.clone(), *eps)),
+                )]
+            }
+            Op::Pool { mode } => {
+                let Value::Tokens(x) = get(Port::Arg(0))? else {
+                    return Err(err(step, "pool needs tokens"));
+                };
+                let cls = matches!(
+                    step.inputs.first().and_then(|i| fact_of(&p.plan, &i.value)),
+                    Some(Fact::Tokens { cls: true, .. })
+                );
+                let [b, n, d] = x.dims();
+                let pooled = match mode {
+                    PoolMode::Cls => x.clone().slice([0..b, 0..1, 0..d]),
+                    PoolMode::MeanAll => x.clone().mean_dim(1),
+                    PoolMode::Mean if cls => x.clone().slice([0..b, 1..n, 0..d]).mean_dim(1),
+                    PoolMode::Mean => x.clone().mean_dim(1),
+                };
+                vec![(step.name.clone(), Value::Emb(pooled.reshape([b, d])))]
+            }
+            Op::StopGrad => {
+                let v = match get(Port::Arg(0))?.clone() {
+                    Value::Image(t) => Value::Image(t.detach()),
+                    Value::Tokens(t) => Value::Tokens(t.detach()),
+                    Value::Emb(t) => Value::Emb(t.detach()),
+                    other => other,
+                };
+                vec![(step.name.clone(), v)]
+            }
+            Op::L2Norm => {
+                let v = match get(Port::Arg(0))? {
+                    Value::Tokens(t) => Value::Tokens(loss::l2norm(t.clone())),
+                    Value::Emb(t) => Value::Emb(loss::l2norm(t.clone())),
+                    _ => return Err(err(step, "l2norm needs tokens or embeddings")),
+                };
+                vec![(step.name.clone(), v)]
+            }
+            Op::Call {
+                network, kind, ema, ..
+            } => {
+                let x = get(Port::Arg(0))?.clone();
+                let keep = match step.inputs.iter().find(|i| i.port == Port::Kw("mask")) {
+                    Some(_) => match get(Port::Kw("mask"))? {
+                        Value::Mask { keep, .. } => Some(keep.clone()),
+                        _ => return Err(err(step, "mask input is not a mask")),
+                    },
+                    None => None,
+                };
+                let sigma = match step.inputs.iter().find(|i| i.port == Port::Kw("cond")) {
+                    Some(_) => match get(Port::Kw("cond"))? {
+                        Value::Sigma(s) => Some(s.clone()),
+                        _ => return Err(err(step, "cond input is not sigma")),
+                    },
+                    None => None,
+                };
+                let v = if *ema {
+                    let (_, _, teacher) = p
+                        .teachers
+                        .iter()
+                        .find(|(n, _, _)| n == network)
+                        .ok_or_else(|| err(step, format!("no EMA network `{network}`")))?;
+                    call_inner::<B>(teacher, *kind, x, keep, sigma).map_err(|e| err(step, e))?
+                } else {
+                    let &i = p
+                        .index
+                        .get(network)
+                        .ok_or_else(|| err(step, format!("no network `{network}`")))?;
+                    call(&p.model.nets[i], *kind, x, keep, sigma).map_err(|e| err(step, e))?
+                };
+                vec![(step.name.clone(), v)]
+            }
+            Op::InfoNce {
+                temperature,
+                sum_views,
+            } => {
+                let (a, b) = two_emb(step, get(Port::Arg(0))?, get(Port::Arg(1))?)?;
+                vec![(
+                    step.name.clone(),
+                    Value::Scalar(loss::infonce(a, b, *temperature, *sum_views)),
+                )]
+            }
+            Op::InfoNceQk {
+                temperature,
+                scale_2tau,
+            } => {
+                let (a, b) = two_emb(step, get(Port::Arg(0))?, get(Port::Arg(1))?)?;
+                vec![(
+                    step.name.clone(),
+                    Value::Scalar(loss::infonce_qk(a, b, *temperature, *scale_2tau)),
+                )]
+            }
+            Op::SupCon {
+                temperature,
+                base_temperature,
+            } => {
+                let (a, b) = two_emb(step, get(Port::Arg(0))?, get(Port::Arg(1))?)?;
+                let Value::Labels(l) = get(Port::Kw("labels"))? else {
+                    return Err(err(step, "supcon needs labels"));
+                };
+                vec![(
+                    step.name.clone(),
+                    Value::Scalar(loss::supcon(
+                        a,
+                        b,
+                        l.clone(),
+                        *temperature,
+                        *base_temperature,
+                    )),
+                )]
+            }
+            Op::Cosine => {
+                let (a, b) = two_emb(step, get(Port::Arg(0))?, get(Port::Arg(1))?)?;
+                vec![(step.name.clone(), Value::Scalar(loss::cosine(a, b)))]
+            }
+            Op::Mse { on } | Op::L1 { on } => {
+                let l1 = matches!(step.op, Op::L1 { .. });
+                let select = match on {
+                    Selection::All => None,
+                    sel => match get(Port::Kw("on"))? {
+                        Value::Mask { mask, .. } if *sel == Selection::Masked => Some(mask.clone()),
+                        Value::Mask { mask, .. } => Some(mask.clone().neg().add_scalar(1.0)),
+                        _ => return Err(err(step, "`on` is not a mask")),
+                    },
+                };
+                let v = match (get(Port::Arg(0))?, get(Port::Arg(1))?) {
+                    (Value::Tokens(a), Value::Tokens(b)) if l1 => {
+                        loss::l1(a.clone(), b.clone(), select)
+                    }
+                    (Value::Tokens(a), Value::Tokens(b)) => loss::mse(a.clone(), b.clone(), select),
+                    (Value::Emb(a), Value::Emb(b)) => loss::mse_embedding(a.clone(), b.clone()),
+                    _ => return Err(err(step, "mse/l1 inputs do not match")),
+                };
+                vec![(step.name.clone(), Value::Scalar(v))]
+            }
+            Op::Mean | Op::Sum => {
+                let mut acc: Option<Tensor<B, 1>> = None;
+                let mut n = 0usize;
+                for i in &step.inputs {
+                    let Some(Value::Scalar(s)) = values.get(&i.value) else {
+                        return Err(err(step, format!("`{}` is not a loss", i.value)));
+                    };
+                    acc = Some(match acc {
+                        Some(a) => a + s.clone(),
+                        None => s.clone(),
+                    });
+                    n += 1;
+                }
+                let mut v = acc.ok_or_else(|| err(step, "no inputs"))?;
+                if matches!(step.op, Op::Mean) {
+                    v = v.div_scalar(n as f64);
+                }
+                vec![(step.name.clone(), Value::Scalar(v))]
+            }
+        };
+        values.extend(out);
+    }
+    let mut terms = Vec::new();
+    let mut total: Option<Tensor<B, 1>> = None;
+    for (name, w) in &p.plan.objective.terms {
+        let Some(Value::Scalar(v)) = values.get(name) else {
+            return Err(ExecError::Step {
+                step: name.clone(),
+                what: "objective term is not a computed loss".into(),
+            });
+        };
+        let weighted = v.clone().mul_scalar(*w);
+        total = Some(match total {
+            Some(t) => t + weighted,
+            None => weighted,
+        });
+        terms.push((name.clone(), v.clone()));
+    }
+    let total = total.ok_or_else(|| ExecError::Step {
+        step: "objective".into(),
+        what: "no terms".into(),
+    })?;
+    Ok(Forward { total, terms })
+}
+
+fn batch_size<B: Backend>(batch: &Batch<B>) -> usize {
+    batch
+        .views
+        .values()
+        .next()
+        .map(|t| t.dims()[0])
+        .or_else(|| batch.labels.as_ref().map(|l| l.dims()[0]))
+        .unwrap_or(0)
+}
+
+/// The type the plan gives a value name.
+fn fact_of(plan: &Plan, value: &str) -> Option<Fact> {
+    plan.step(value).map(|s| s.out.clone())
+}
+
+fn two_emb<B: Backend>(
+    step: &Step,
+    a: &Value<B>,
+    b: &Value<B>,
+) -> Result<(Tensor<B, 2>, Tensor<B, 2>), ExecError> {
+    match (a, b) {
+        (Value::Emb(a), Value::Emb(b)) => Ok((a.clone(), b.clone())),
+        _ => Err(err(step, "expects two embeddings")),
+    }
+}
+
+fn call<B: Backend>(
+    net: &Network<B>,
+    kind: NetKind,
+    x: Value<B>,
+    keep: Option<Tensor<B, 2, Int>>,
+    sigma: Option<Tensor<B, 1>>,
+) -> Result<Value<B>, String> {
+    Ok(match (net, kind, x) {
+        (Network::Vit(v), NetKind::Vit, Value::Image(x)) => Value::Tokens(v.forward(x, keep)),
+        (Network::Decoder(d), NetKind::VitDecoder, Value::Tokens(t)) => {
+            Value::Tokens(d.forward(t, keep, sigma))
+        }
+        (Network::Mlp(m), NetKind::Mlp, Value::Emb(x)) => Value::Emb(m.forward(x)),
+        _ => return Err("network called with an input of the wrong kind".into()),
+    })
+}
+
+/// Calls an EMA teacher (no autodiff) on an autodiff value; the result carries no gradient.
+fn call_inner<B: AutodiffBackend>(
+    net: &Network<B::InnerBackend>,
+    kind: NetKind,
+    x: Value<B>,
+    keep: Option<Tensor<B, 2, Int>>,
+    sigma: Option<Tensor<B, 1>>,
+) -> Result<Value<B>, String> {
+    let keep = keep.map(|k| k.inner());
+    let sigma = sigma.map(|s| s.inner());
+    let x = match x {
+        Value::Image(t) => Value::Image(t.inner()),
+        Value::Tokens(t) => Value::Tokens(t.inner()),
+        Value::Emb(t) => Value::Emb(t.inner()),
+        _ => return Err("EMA network called with a non-tensor".into()),
+    };
+    Ok(match call(net, kind, x, keep, sigma)? {
+        Value::Tokens(t) => Value::Tokens(Tensor::from_inner(t)),
+        Value::Emb(t) => Value::Emb(Tensor::from_inner(t)),
+        _ => return Err("unexpected EMA output".into()),
+    })
+}
+
+/// A seeded RNG for step `step` of a run with `seed`, independent of the data RNG.
+pub fn step_rng(seed: u64, step: u64) -> StdRng {
+    StdRng::seed_from_u64(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5EED)
+}
+
+/// The ids of parameters that get no weight decay: rank ≤ 1 (biases, norms, tokens) and
+/// position/CLS/mask tokens, the usual rule (timm, MAE).
+pub fn no_decay_ids<B: Backend, M: Module<B>>(module: &M) -> Vec<ParamId> {
+    struct V(Vec<ParamId>);
+    impl<B: Backend> ModuleVisitor<B> for V {
+        fn visit_float_with_path<const D: usize>(
+            &mut self,
+            path: &[String],
+            id: ParamId,
+            _t: &Tensor<B, D>,
+        ) {
+            let name = path.join(".");
+            if D <= 1 || name.contains("pos") || name.contains("cls") || name.contains("mask_token")
+            {
+                self.0.push(id);
+            }
+        }
+    }
+    let mut v = V(Vec::new());
+    module.visit(&mut v);
+    v.0
+}

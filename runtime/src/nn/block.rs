@@ -1,0 +1,105 @@
+//! The pre-norm transformer block of ViT and the MAE decoder.
+
+use super::{linear3, xavier_linear};
+use burn::module::Module;
+use burn::nn::{LayerNorm, LayerNormConfig, Linear};
+use burn::tensor::activation::gelu;
+use burn::tensor::backend::Backend;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Distribution, Tensor};
+
+/// A pre-norm transformer block (timm's ViT `Block`):
+/// `x + attn(ln1(x))`, then `x + mlp(ln2(x))`, with multi-head self-attention through one
+/// `d → 3d` qkv projection (output laid out `(3, heads, d/heads)`) and a `d → h → d` GELU MLP.
+/// Every Linear has a bias.
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    /// LayerNorm before attention.
+    pub norm1: LayerNorm<B>,
+    /// Query, key and value projection `d → 3d`.
+    pub qkv: Linear<B>,
+    /// Attention output projection `d → d`.
+    pub proj: Linear<B>,
+    /// LayerNorm before the MLP.
+    pub norm2: LayerNorm<B>,
+    /// MLP expansion `d → h`.
+    pub fc1: Linear<B>,
+    /// MLP contraction `h → d`.
+    pub fc2: Linear<B>,
+    /// Attention heads.
+    pub heads: usize,
+    /// Stochastic-depth rate of this block (0: off).
+    pub drop_path: f64,
+}
+
+impl<B: Backend> Block<B> {
+    /// A block of width `dim` with `heads` heads (dividing `dim`), MLP width `hidden`, LayerNorm
+    /// epsilon `eps` and stochastic-depth rate `drop_path`; Xavier-uniform weights, zero biases,
+    /// unit LayerNorms (MAE's initialisation).
+    pub fn new(
+        dim: usize,
+        heads: usize,
+        hidden: usize,
+        eps: f64,
+        drop_path: f64,
+        device: &B::Device,
+    ) -> Self {
+        let norm = || LayerNormConfig::new(dim).with_epsilon(eps).init(device);
+        Block {
+            norm1: norm(),
+            qkv: xavier_linear(dim, 3 * dim, device),
+            proj: xavier_linear(dim, dim, device),
+            norm2: norm(),
+            fc1: xavier_linear(dim, hidden, device),
+            fc2: xavier_linear(hidden, dim, device),
+            heads,
+            drop_path,
+        }
+    }
+
+    /// `[B, T, d]` → `[B, T, d]`.
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let a = self.attention(self.norm1.forward(x.clone()));
+        let x = x + self.drop(a);
+        let [b, t, d] = x.dims();
+        let h = self.norm2.forward(x.clone()).reshape([b * t, d]);
+        let h = self.fc2.forward(gelu(self.fc1.forward(h)));
+        x + self.drop(h.reshape([b, t, d]))
+    }
+
+    /// Multi-head self-attention of `[B, T, d]` tokens.
+    fn attention(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, t, d] = x.dims();
+        let (h, dh) = (self.heads, d / self.heads);
+        // [B, T, 3d] -> [3, B, heads, T, dh]
+        let qkv = linear3(&self.qkv, x)
+            .reshape([b, t, 3, h, dh])
+            .permute([2, 0, 3, 1, 4]);
+        let part = |i: usize| qkv.clone().narrow(0, i, 1).reshape([b, h, t, dh]);
+        let o = attention(
+            part(0),
+            part(1),
+            part(2),
+            None,
+            None,
+            AttentionModuleOptions::default(),
+        );
+        // [B, heads, T, dh] -> [B, T, d]
+        linear3(&self.proj, o.swap_dims(1, 2).reshape([b, t, d]))
+    }
+
+    /// Stochastic depth on a residual branch `[B, T, d]`: while training (an autodiff
+    /// backend), each image's branch is zeroed with probability `drop_path` and the rest scaled by
+    /// `1 / (1 − drop_path)`; identity otherwise.
+    fn drop(&self, branch: Tensor<B, 3>) -> Tensor<B, 3> {
+        let device = branch.device();
+        if self.drop_path <= 0.0 || !B::ad_enabled(&device) {
+            return branch;
+        }
+        let keep = 1.0 - self.drop_path;
+        let [b, _, _] = branch.dims();
+        let m = Tensor::<B, 3>::random([b, 1, 1], Distribution::Bernoulli(keep), &device);
+        branch * m.div_scalar(keep)
+    }
+}

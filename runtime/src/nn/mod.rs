@@ -1,0 +1,295 @@
+//! The networks of a plan as Burn modules: the ViT encoder ([`Vit`]), the MAE decoder
+//! ([`VitDecoder`]) and the MLP projector/predictor ([`Mlp`]), configured from the compiler's
+//! [`NetworkPlan`] by [`build`], plus the patch masks ([`mask`]).
+//!
+//! Conventions shared with the compiler and MAE: patches in row-major raster order, pixels
+//! inside a patch in `(p1 p2 c)` order, masks with 1 = masked, and visible patches given as
+//! ascending indices into the grid (`keep`). Linear layers are applied to 2-D tensors
+//! (`[B·T, D]`), which is much faster on the CPU backend than 3-D input.
+
+pub mod block;
+pub mod decoder;
+pub mod mask;
+pub mod mlp;
+pub mod pos;
+pub mod vit;
+
+pub use block::Block;
+pub use decoder::{VitDecoder, VitDecoderConfig};
+pub use mlp::{Activation, BatchNorm1d, Mlp, MlpConfig, NormKind};
+pub use pos::PosKind;
+pub use vit::{Vit, VitConfig};
+
+use burn::module::{Initializer, Module, Param};
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+use canc_compiler::RValue;
+use canc_compiler::ir::NetKind;
+use canc_compiler::plan::NetworkPlan;
+use canc_compiler::shape::Fact;
+
+/// Why a network could not be built from its plan.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NnError {
+    /// A required setting is absent.
+    #[error("network `{network}`: missing setting `{key}`")]
+    Missing {
+        /// The network.
+        network: String,
+        /// The setting.
+        key: String,
+    },
+    /// A setting has a value the runtime cannot use.
+    #[error("network `{network}`: setting `{key}` = {value}: expected {expected}")]
+    Invalid {
+        /// The network.
+        network: String,
+        /// The setting.
+        key: String,
+        /// The value found, as text.
+        value: String,
+        /// What would be accepted.
+        expected: String,
+    },
+    /// The plan gives the network no input type, or one of the wrong kind.
+    #[error("network `{network}` ({kind}): expected {expected} input, got {got}")]
+    Input {
+        /// The network.
+        network: String,
+        /// Its kind.
+        kind: &'static str,
+        /// The input kind it takes.
+        expected: &'static str,
+        /// The input it was given, as text.
+        got: String,
+    },
+    /// The settings are individually valid but do not fit together (patch vs image size, heads
+    /// vs width, …).
+    #[error("{0}")]
+    Shape(String),
+}
+
+/// A network of a plan: one of the three kinds.
+// Networks are built once per run; boxing the large variants would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Module, Debug)]
+pub enum Network<B: Backend> {
+    /// ViT encoder.
+    Vit(Vit<B>),
+    /// MAE-style decoder.
+    Decoder(VitDecoder<B>),
+    /// MLP projector or predictor.
+    Mlp(Mlp<B>),
+}
+
+impl<B: Backend> Network<B> {
+    /// Learnable parameters, as the compiler counts them (`NetworkPlan::params.total()`):
+    /// [`Module::num_params`] less the BatchNorm running statistics, which Burn visits like
+    /// parameters.
+    pub fn param_count(&self) -> usize {
+        match self {
+            Network::Vit(n) => n.num_params(),
+            Network::Decoder(n) => n.num_params(),
+            Network::Mlp(n) => n.param_count(),
+        }
+    }
+
+    /// The encoder, if this is one.
+    pub fn as_vit(&self) -> Option<&Vit<B>> {
+        match self {
+            Network::Vit(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// The decoder, if this is one.
+    pub fn as_decoder(&self) -> Option<&VitDecoder<B>> {
+        match self {
+            Network::Decoder(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// The MLP, if this is one.
+    pub fn as_mlp(&self) -> Option<&Mlp<B>> {
+        match self {
+            Network::Mlp(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+/// Builds the network of `net` on `device`, freshly initialised: its kind and settings from the
+/// plan, its input width from the plan's input type (`net.input`).
+pub fn build<B: Backend>(net: &NetworkPlan, device: &B::Device) -> Result<Network<B>, NnError> {
+    let s = Settings { net };
+    let wrong_input = |expected: &'static str| NnError::Input {
+        network: net.name.clone(),
+        kind: net.kind.name(),
+        expected,
+        got: net
+            .input
+            .as_ref()
+            .map_or_else(|| "none".to_string(), Fact::to_string),
+    };
+    let built = match (net.kind, &net.input) {
+        (NetKind::Vit, Some(Fact::Image { c, size })) => {
+            VitConfig::from_settings(&s, *c as usize, *size as usize)?
+                .init(device)
+                .map(Network::Vit)
+        }
+        (NetKind::Vit, _) => Err(wrong_input("an image")),
+        (
+            NetKind::VitDecoder,
+            Some(Fact::Tokens {
+                grid,
+                cls,
+                dim,
+                patch,
+                channels,
+                ..
+            }),
+        ) => VitDecoderConfig::from_settings(
+            &s,
+            *dim as usize,
+            *grid as usize,
+            *cls,
+            (*patch * *patch * *channels) as usize,
+        )?
+        .init(device)
+        .map(Network::Decoder),
+        (NetKind::VitDecoder, _) => Err(wrong_input("a token")),
+        (NetKind::Mlp, Some(Fact::Embedding { dim })) => {
+            MlpConfig::from_settings(&s, *dim as usize)?
+                .init(device)
+                .map(Network::Mlp)
+        }
+        (NetKind::Mlp, _) => Err(wrong_input("an embedding")),
+    };
+    built.map_err(|e| match e {
+        NnError::Shape(m) if !m.starts_with("network `") => {
+            NnError::Shape(format!("network `{}`: {m}", net.name))
+        }
+        e => e,
+    })
+}
+
+/// Typed access to a network's settings, with the reference's defaults for absent keys.
+pub(crate) struct Settings<'a> {
+    pub net: &'a NetworkPlan,
+}
+
+impl Settings<'_> {
+    fn invalid(&self, key: &str, v: &RValue, expected: &str) -> NnError {
+        NnError::Invalid {
+            network: self.net.name.clone(),
+            key: key.to_string(),
+            value: format!("{v:?}"),
+            expected: expected.to_string(),
+        }
+    }
+
+    /// A positive integer; `default` when absent (`None`: required).
+    pub fn int(&self, key: &str, default: Option<usize>) -> Result<usize, NnError> {
+        match self.net.config.get(key) {
+            None | Some(RValue::None) => default.ok_or_else(|| NnError::Missing {
+                network: self.net.name.clone(),
+                key: key.to_string(),
+            }),
+            Some(RValue::Int(i)) if *i > 0 => Ok(*i as usize),
+            Some(v) => Err(self.invalid(key, v, "a positive integer")),
+        }
+    }
+
+    /// A number `> 0` (`>= 0` with `zero_ok`); `default` when absent.
+    pub fn float(&self, key: &str, default: f64, zero_ok: bool) -> Result<f64, NnError> {
+        match self.net.config.get(key) {
+            None | Some(RValue::None) => Ok(default),
+            Some(v) => match v.as_f64() {
+                Some(x) if x.is_finite() && (x > 0.0 || (zero_ok && x == 0.0)) => Ok(x),
+                _ => Err(self.invalid(
+                    key,
+                    v,
+                    if zero_ok {
+                        "a number >= 0"
+                    } else {
+                        "a number > 0"
+                    },
+                )),
+            },
+        }
+    }
+
+    /// A boolean; `default` when absent.
+    pub fn flag(&self, key: &str, default: bool) -> Result<bool, NnError> {
+        match self.net.config.get(key) {
+            None | Some(RValue::None) => Ok(default),
+            Some(RValue::Bool(b)) => Ok(*b),
+            Some(v) => Err(self.invalid(key, v, "true or false")),
+        }
+    }
+
+    /// One of `options`; `default` when absent.
+    pub fn choice<'o>(
+        &self,
+        key: &str,
+        default: &'o str,
+        options: &[&'o str],
+    ) -> Result<&'o str, NnError> {
+        match self.net.config.get(key) {
+            None | Some(RValue::None) => Ok(default),
+            Some(v) => v
+                .as_str()
+                .and_then(|s| options.iter().find(|o| **o == s).copied())
+                .ok_or_else(|| self.invalid(key, v, &format!("one of {}", options.join(", ")))),
+        }
+    }
+
+    /// The raw value of `key`.
+    pub fn get(&self, key: &str) -> Option<&RValue> {
+        self.net.config.get(key)
+    }
+}
+
+/// A Linear layer with MAE's initialisation: Xavier-uniform weight, zero bias.
+pub(crate) fn xavier_linear<B: Backend>(
+    d_in: usize,
+    d_out: usize,
+    device: &B::Device,
+) -> Linear<B> {
+    let mut l = LinearConfig::new(d_in, d_out)
+        .with_initializer(Initializer::XavierUniform { gain: 1.0 })
+        .init(device);
+    l.bias = Some(Initializer::Zeros.init([d_out], device));
+    l
+}
+
+/// A `[1, n, d]` parameter drawn from N(0, 0.02²) (MAE's CLS and mask tokens, learned
+/// position embeddings).
+pub(crate) fn token_param<B: Backend>(
+    n: usize,
+    d: usize,
+    device: &B::Device,
+) -> Param<Tensor<B, 3>> {
+    Initializer::Normal {
+        mean: 0.0,
+        std: 0.02,
+    }
+    .init([1, n, d], device)
+}
+
+/// `linear` applied to the last dimension of a `[B, T, D]` tensor through a 2-D `[B·T, D]`
+/// view (Burn's 3-D Linear runs one GEMM per batch entry and a slow weight gradient).
+pub(crate) fn linear3<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [b, t, d] = x.dims();
+    let y = linear.forward(x.reshape([b * t, d]));
+    let out = y.dims()[1];
+    y.reshape([b, t, out])
+}
+
+/// The side of a square grid of `grid` positions, if it is one.
+pub(crate) fn grid_side(grid: usize) -> Option<usize> {
+    let s = (grid as f64).sqrt().round() as usize;
+    (s * s == grid).then_some(s)
+}
