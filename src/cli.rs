@@ -111,6 +111,26 @@ enum Command {
         #[arg(long)]
         smoke: bool,
     },
+    /// Time training steps: images/s, ms per step by phase, achieved FLOP/s.
+    Bench {
+        #[command(flatten)]
+        input: SpecArgs,
+        /// `cpu`, `cuda` or `cuda:N`.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Images per step (default: the spec's batch).
+        #[arg(long)]
+        batch: Option<u64>,
+        /// Timed steps.
+        #[arg(long, default_value_t = 10)]
+        steps: u64,
+        /// Untimed warm-up steps.
+        #[arg(long, default_value_t = 2)]
+        warmup: u64,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Draw the loss graph: stop-gradient edges dashed, EMA edges labelled, loss weights shown.
     Graph {
         #[command(flatten)]
@@ -229,6 +249,38 @@ pub fn main() -> ExitCode {
             stdout,
         } => fmt(&specs, check, stdout, color),
         Command::Compile { input, output } => compile(&input, output.as_deref(), color),
+        Command::Bench {
+            mut input,
+            device,
+            batch,
+            steps,
+            warmup,
+            json,
+        } => {
+            let device = match canc_runtime::backend::DeviceSpec::parse(&device)
+                .and_then(|d| d.available())
+            {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Some(b) = batch {
+                input.overrides.push(format!("train.batch={b}"));
+            }
+            let (res, chosen) = match load(&input, color) {
+                Ok(x) => x,
+                Err(code) => return code,
+            };
+            crate::bench::bench(crate::bench::BenchArgs {
+                plan: res.plans[chosen[0]].clone(),
+                device,
+                steps,
+                warmup,
+                json,
+            })
+        }
         Command::Run {
             mut input,
             out,

@@ -1,5 +1,6 @@
 //! `canc`: compile, check and run declarative self-supervised learning experiments.
 
+mod bench;
 mod cli;
 mod run;
 

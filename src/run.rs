@@ -119,8 +119,8 @@ fn run_inner(args: RunArgs) -> Result<(), String> {
     let logs = match args.device {
         DeviceSpec::Cpu => {
             let device = Default::default();
-            let mut program =
-                canc_runtime::exec::Program::<CpuTrain>::new(plan, &device).map_err(|e| e.to_string())?;
+            let mut program = canc_runtime::exec::Program::<CpuTrain>::new(plan, &device)
+                .map_err(|e| e.to_string())?;
             train::train(&mut program, &ds, &opts, &device)
         }
         DeviceSpec::Cuda(i) => cuda_train(plan, &ds, &opts, i),

@@ -8,7 +8,9 @@ use burn::module::Module;
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer, Sgd, SgdConfig};
+use burn::optim::{
+    AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer, Sgd, SgdConfig,
+};
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -17,7 +19,7 @@ use canc_compiler::plan::Plan;
 use canc_compiler::resolved::RValue;
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// Errors of a training run.
@@ -81,6 +83,8 @@ pub struct StepLog {
     pub lr: f64,
     /// Wall time of the step, seconds.
     pub seconds: f64,
+    /// Where the time went.
+    pub phases: Phases,
 }
 
 type Adam<B> = OptimizerAdaptor<AdamW, exec::Nets<B>, B>;
@@ -195,19 +199,7 @@ pub fn train<B: AutodiffBackend>(
     opts: &RunOptions,
     device: &B::Device,
 ) -> Result<Vec<StepLog>, TrainError> {
-    let plan = program.plan.clone();
-    let seed = plan.train.get("seed").and_then(RValue::as_i64).unwrap_or(0) as u64;
-    if ds.n < opts.batch {
-        return Err(TrainError::TooFewImages {
-            images: ds.n,
-            batch: opts.batch,
-        });
-    }
-    let per_epoch = (ds.n / opts.batch) as u64;
-    let sched = LrSchedule::from_plan(&plan.optim, opts.steps);
-    let views = view_steps(&plan);
-    let mut opt = optimizers::<B>(&plan);
-    let no_decay = exec::no_decay_ids::<B, _>(&program.model);
+    let mut trainer = Trainer::new(program, ds, opts)?;
     let mut metrics = match &opts.out {
         Some(dir) => {
             std::fs::create_dir_all(dir).map_err(|e| TrainError::Io(dir.clone(), e))?;
@@ -220,87 +212,262 @@ pub fn train<B: AutodiffBackend>(
         None => None,
     };
     let mut logs = Vec::new();
-    let mut order: Vec<usize> = Vec::new();
     for step in 0..opts.steps {
-        let t0 = Instant::now();
-        let epoch = step / per_epoch;
-        let within = (step % per_epoch) as usize;
-        if within == 0 {
-            order = data::epoch_order(ds.n, seed, epoch);
+        let log = trainer.step(program, ds, step, device)?;
+        if let Some((file, path)) = &mut metrics {
+            writeln!(file, "{}", log.to_json()).map_err(|e| TrainError::Io(path.clone(), e))?;
         }
-        let idx = &order[within * opts.batch..(within + 1) * opts.batch];
-        let b = data::make_batch(ds, idx, &plan.views, &views, seed, epoch, step)?;
-        let batch = to_tensors::<B>(b, device);
-        let mut rng = exec::step_rng(seed, step);
-        let fwd = program.forward(&batch, &mut rng)?;
-        let mut terms = Vec::new();
-        for (name, t) in &fwd.terms {
-            let v = f64::from(t.clone().into_scalar().elem::<f32>());
-            if !v.is_finite() {
-                return Err(TrainError::NonFinite {
-                    step,
-                    term: name.clone(),
-                    value: v,
-                });
-            }
-            terms.push((name.clone(), v));
+        if opts.log_every > 0 && (step % opts.log_every == 0 || step + 1 == opts.steps) {
+            eprintln!("{}", log.line());
         }
-        let loss = f64::from(fwd.total.clone().into_scalar().elem::<f32>());
-        let grads = fwd.total.backward();
-        let mut g_decay = GradientsParams::from_grads(grads, &program.model);
-        let g_plain = split(&mut g_decay, &no_decay, &program.model);
-        let lr = sched.at(step);
-        let model = std::mem::replace(&mut program.model, exec::Nets { nets: Vec::new() });
-        program.model = opt.step(lr, model, g_decay, g_plain);
-        let total_steps = opts.steps;
-        let roles: HashMap<String, _> = plan
-            .networks
+        logs.push(log);
+    }
+    Ok(logs)
+}
+
+impl StepLog {
+    /// One `metrics.jsonl` object: step, loss, one field per term, lr and timings.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut obj = serde_json::Map::new();
+        obj.insert("step".into(), self.step.into());
+        obj.insert("loss".into(), self.loss.into());
+        for (k, v) in &self.terms {
+            obj.insert(k.clone(), (*v).into());
+        }
+        obj.insert("lr".into(), self.lr.into());
+        obj.insert("seconds".into(), self.seconds.into());
+        for (k, v) in self.phases.named() {
+            obj.insert(format!("{k}_s"), v.into());
+        }
+        serde_json::Value::Object(obj)
+    }
+
+    /// A human progress line.
+    pub fn line(&self) -> String {
+        let terms: Vec<String> = self
+            .terms
             .iter()
-            .map(|n| (n.name.clone(), n.role.clone()))
+            .map(|(k, v)| format!("{k} {v:.4}"))
             .collect();
+        format!(
+            "step {:>5}  loss {:.4}  ({})  lr {:.2e}  {:.0} ms",
+            self.step,
+            self.loss,
+            terms.join(", "),
+            self.lr,
+            self.seconds * 1e3
+        )
+    }
+}
+
+/// Seconds spent in each phase of one step.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Phases {
+    /// Decoding and augmenting the batch, and copying it to the device.
+    pub data: f64,
+    /// The plan's forward pass (with the loss values read back).
+    pub forward: f64,
+    /// Backpropagation.
+    pub backward: f64,
+    /// Clipping, optimizer step and EMA update.
+    pub optimizer: f64,
+}
+
+impl Phases {
+    /// `(name, seconds)` pairs.
+    pub fn named(&self) -> [(&'static str, f64); 4] {
+        [
+            ("data", self.data),
+            ("forward", self.forward),
+            ("backward", self.backward),
+            ("optimizer", self.optimizer),
+        ]
+    }
+}
+
+/// The state of a run between steps: optimizer, schedule, data order.
+pub struct Trainer<B: AutodiffBackend> {
+    opt: Opt<B>,
+    no_decay: Vec<burn::module::ParamId>,
+    sched: LrSchedule,
+    views: Vec<(String, String, Option<String>)>,
+    seed: u64,
+    per_epoch: u64,
+    batch: usize,
+    accum: usize,
+    clip: Option<f64>,
+    total: u64,
+    roles: HashMap<String, canc_compiler::plan::Role>,
+    order: Vec<usize>,
+    epoch: Option<u64>,
+}
+
+impl<B: AutodiffBackend> Trainer<B> {
+    /// Prepares a run of `opts.steps` steps of `program` over `ds`.
+    pub fn new(program: &Program<B>, ds: &Dataset, opts: &RunOptions) -> Result<Self, TrainError> {
+        let plan = &program.plan;
+        if ds.n < opts.batch {
+            return Err(TrainError::TooFewImages {
+                images: ds.n,
+                batch: opts.batch,
+            });
+        }
+        let accum = plan
+            .train
+            .get("accum")
+            .and_then(RValue::as_i64)
+            .unwrap_or(1)
+            .max(1) as usize;
+        Ok(Trainer {
+            opt: optimizers::<B>(plan),
+            no_decay: exec::no_decay_ids::<B, _>(&program.model),
+            sched: LrSchedule::from_plan(&plan.optim, opts.steps),
+            views: view_steps(plan),
+            seed: plan.train.get("seed").and_then(RValue::as_i64).unwrap_or(0) as u64,
+            per_epoch: (ds.n / opts.batch) as u64,
+            batch: opts.batch,
+            accum: if opts.batch % accum == 0 { accum } else { 1 },
+            clip: plan.optim.config.get("clip_grad").and_then(RValue::as_f64),
+            total: opts.steps,
+            roles: plan
+                .networks
+                .iter()
+                .map(|n| (n.name.clone(), n.role.clone()))
+                .collect(),
+            order: Vec::new(),
+            epoch: None,
+        })
+    }
+
+    /// Runs optimizer step `step`: `accum` micro-batches forward and backward, gradient
+    /// clipping, the optimizer on both parameter groups, the EMA update.
+    pub fn step(
+        &mut self,
+        program: &mut Program<B>,
+        ds: &Dataset,
+        step: u64,
+        device: &B::Device,
+    ) -> Result<StepLog, TrainError> {
+        let t0 = Instant::now();
+        let mut ph = Phases::default();
+        let epoch = step / self.per_epoch;
+        let within = (step % self.per_epoch) as usize;
+        if self.epoch != Some(epoch) {
+            self.order = data::epoch_order(ds.n, self.seed, epoch);
+            self.epoch = Some(epoch);
+        }
+        let idx = &self.order[within * self.batch..(within + 1) * self.batch];
+        let micro = self.batch / self.accum;
+        let mut rng = exec::step_rng(self.seed, step);
+        let mut acc = GradientsAccumulator::<exec::Nets<B>>::new();
+        let mut loss = 0.0;
+        let mut terms: Vec<(String, f64)> = Vec::new();
+        for chunk in idx.chunks(micro) {
+            let t = Instant::now();
+            let b = data::make_batch(
+                ds,
+                chunk,
+                &program.plan.views,
+                &self.views,
+                self.seed,
+                epoch,
+                step,
+            )?;
+            let batch = to_tensors::<B>(b, device);
+            ph.data += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let fwd = program.forward(&batch, &mut rng)?;
+            for (i, (name, v)) in fwd.terms.iter().enumerate() {
+                let v = f64::from(v.clone().into_scalar().elem::<f32>());
+                if !v.is_finite() {
+                    return Err(TrainError::NonFinite {
+                        step,
+                        term: name.clone(),
+                        value: v,
+                    });
+                }
+                match terms.get_mut(i) {
+                    Some(t) => t.1 += v / self.accum as f64,
+                    None => terms.push((name.clone(), v / self.accum as f64)),
+                }
+            }
+            loss += f64::from(fwd.total.clone().into_scalar().elem::<f32>()) / self.accum as f64;
+            ph.forward += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let total = if self.accum > 1 {
+                fwd.total.div_scalar(self.accum as f64)
+            } else {
+                fwd.total
+            };
+            let grads = GradientsParams::from_grads(total.backward(), &program.model);
+            acc.accumulate(&program.model, grads);
+            ph.backward += t.elapsed().as_secs_f64();
+        }
+        if !loss.is_finite() {
+            return Err(TrainError::NonFinite {
+                step,
+                term: "loss".into(),
+                value: loss,
+            });
+        }
+        let t = Instant::now();
+        let mut g_decay = acc.grads();
+        if let Some(max) = self.clip {
+            clip_global_norm(&mut g_decay, &program.model, max);
+        }
+        let g_plain = split(&mut g_decay, &self.no_decay, &program.model);
+        let lr = self.sched.at(step);
+        let model = std::mem::replace(&mut program.model, exec::Nets { nets: Vec::new() });
+        program.model = self.opt.step(lr, model, g_decay, g_plain);
+        let (roles, total) = (&self.roles, self.total);
         program.update_teachers(|name| {
             roles
                 .get(name)
-                .and_then(|r| ema_momentum(r, step, total_steps))
+                .and_then(|r| ema_momentum(r, step, total))
                 .unwrap_or(1.0)
         });
-        let log = StepLog {
+        ph.optimizer += t.elapsed().as_secs_f64();
+        Ok(StepLog {
             step,
             loss,
             terms,
             lr,
             seconds: t0.elapsed().as_secs_f64(),
-        };
-        if let Some((file, path)) = &mut metrics {
-            let mut obj = serde_json::Map::new();
-            obj.insert("step".into(), step.into());
-            obj.insert("loss".into(), loss.into());
-            for (k, v) in &log.terms {
-                obj.insert(k.clone(), (*v).into());
-            }
-            obj.insert("lr".into(), lr.into());
-            obj.insert("seconds".into(), log.seconds.into());
-            writeln!(file, "{}", serde_json::Value::Object(obj))
-                .map_err(|e| TrainError::Io(path.clone(), e))?;
-        }
-        if opts.log_every > 0 && (step % opts.log_every == 0 || step + 1 == opts.steps) {
-            let terms: Vec<String> = log
-                .terms
-                .iter()
-                .map(|(k, v)| format!("{k} {v:.4}"))
-                .collect();
-            eprintln!(
-                "step {:>5}  loss {:.4}  ({})  lr {:.2e}  {:.0} ms",
-                step,
-                loss,
-                terms.join(", "),
-                lr,
-                log.seconds * 1e3
-            );
-        }
-        logs.push(log);
+            phases: ph,
+        })
     }
-    Ok(logs)
+}
+
+/// Scales every gradient by `min(1, max / ‖g‖)`, `‖g‖` the global L2 norm over all parameters
+/// (PyTorch's `clip_grad_norm_`).
+fn clip_global_norm<B: AutodiffBackend>(
+    grads: &mut GradientsParams,
+    model: &exec::Nets<B>,
+    max: f64,
+) {
+    struct Norm<'a>(&'a GradientsParams, f64);
+    impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for Norm<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+            if let Some(g) = self.0.get::<B::InnerBackend, D>(param.id) {
+                self.1 += f64::from(g.powi_scalar(2).sum().into_scalar().elem::<f32>());
+            }
+        }
+    }
+    struct Scale<'a>(&'a mut GradientsParams, f64);
+    impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for Scale<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+            if let Some(g) = self.0.remove::<B::InnerBackend, D>(param.id) {
+                self.0
+                    .register::<B::InnerBackend, D>(param.id, g.mul_scalar(self.1));
+            }
+        }
+    }
+    let mut n = Norm(grads, 0.0);
+    model.visit(&mut n);
+    let norm = n.1.sqrt();
+    if norm > max {
+        model.visit(&mut Scale(grads, max / (norm + 1e-6)));
+    }
 }
 
 /// Moves the gradients of `ids` out of `grads` into a new set.
@@ -330,23 +497,4 @@ fn split<B: AutodiffBackend>(
     };
     model.visit(&mut m);
     m.to
-}
-
-/// Trains with the plan's batch capped at `batch`, for `steps` steps, writing into `out`.
-pub fn smoke<B: AutodiffBackend>(
-    plan: Plan,
-    ds: &Dataset,
-    steps: u64,
-    batch: usize,
-    out: Option<&Path>,
-    device: &B::Device,
-) -> Result<Vec<StepLog>, TrainError> {
-    let mut program = Program::<B>::new(plan, device)?;
-    let opts = RunOptions {
-        steps,
-        batch,
-        out: out.map(Path::to_path_buf),
-        log_every: 1,
-    };
-    train(&mut program, ds, &opts, device)
 }

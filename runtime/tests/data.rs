@@ -938,6 +938,34 @@ fn colour_operations() {
         let mn = |v: [f32; 3]| v[0].min(v[1]).min(v[2]);
         assert!((mx(a) - mx(b)).abs() < 1e-5 && (mn(a) - mn(b)).abs() < 1e-5);
     }
+    // ... and shifts every pixel's hue by the same amount (standard HSV hue, computed here).
+    let hue = |p: [f32; 3]| -> f64 {
+        let [r, g, b] = p.map(f64::from);
+        let (mx, mn) = (r.max(g).max(b), r.min(g).min(b));
+        let d = mx - mn;
+        let h = if mx == r {
+            ((g - b) / d).rem_euclid(6.0)
+        } else if mx == g {
+            (b - r) / d + 2.0
+        } else {
+            (r - g) / d + 4.0
+        };
+        h / 6.0
+    };
+    let px = |img: &[f32], p: usize| [img[p], img[n + p], img[2 * n + p]];
+    let shifts: Vec<f64> = (0..n)
+        .filter(|&p| {
+            let v = px(&rgb, p);
+            v[0].max(v[1]).max(v[2]) - v[0].min(v[1]).min(v[2]) > 0.1
+        })
+        .map(|p| (hue(px(&out, p)) - hue(px(&rgb, p))).rem_euclid(1.0))
+        .collect();
+    assert!(shifts.len() > n / 2);
+    for &d in &shifts {
+        let gap = (d - shifts[0]).abs();
+        assert!(gap.min(1.0 - gap) < 1e-4, "hue shifts {d} vs {}", shifts[0]);
+    }
+    assert!(shifts[0].min(1.0 - shifts[0]) <= 0.5 && shifts[0] > 1e-3);
     // A grey pixel has no hue: unchanged by any shift.
     let grey = vec![0.5f32; 3 * n];
     assert_eq!(apply(&h, &grey, 3, 6, 4).0, grey);
@@ -1297,57 +1325,4 @@ fn normalized_eval_images() {
     assert!(ds.normalized(&[3], &[0.5], &[0.5]).is_err());
     let img = Image::from_u8(1, 2, &[0, 255, 51, 102]);
     assert_eq!(img.data, [0.0, 1.0, 0.2, 0.4]);
-}
-
-#[test]
-#[ignore]
-fn zz_timing() {
-    let ds = data::load(&fashion("train", Some(1024)), None).unwrap();
-    let plan = cmae();
-    let idx: Vec<usize> = (0..256).collect();
-    let can = canc_compiler::resolve_path(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../specs/can.canspec"), &[]).plans.into_iter().next().unwrap();
-    for (name, views, vs) in [
-        ("cmae", plan.views.clone(), steps(&[("b", "base", None), ("x", "online", Some("b")), ("t", "target", Some("b"))])),
-        ("can", can.views.clone(), steps(&[("x1", "simclr", None), ("x2", "simclr", None)])),
-    ] {
-        for threads in [1, 2] {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| {
-                for _ in 0..3 { make_batch(&ds, &idx, &views, &vs, 0, 0, 0).unwrap(); }
-                let t = std::time::Instant::now();
-                for s in 0..20 { make_batch(&ds, &idx, &views, &vs, 0, 0, s).unwrap(); }
-                eprintln!("{name} {threads} threads: {:.2} ms per batch", t.elapsed().as_secs_f64() * 1000.0 / 20.0);
-            });
-        }
-    }
-    let t = std::time::Instant::now();
-    data::load(&fashion("train", None), None).unwrap();
-    eprintln!("load train: {:.0} ms", t.elapsed().as_secs_f64() * 1000.0);
-}
-
-#[test]
-#[ignore]
-fn zz_parts() {
-    let src = noise(28 * 28, 1);
-    let parts: Vec<(&str, ViewPlan)> = vec![
-        ("none", view("v", vec![])),
-        ("rrc", view("v", vec![("random_resized_crop", vec![("size", int(28)), ("scale", range(0.35, 1.0)), ("ratio", range(0.75, 1.333))])])),
-        ("flip", view("v", vec![("hflip", vec![("p", num(1.0))])])),
-        ("jitter", view("v", vec![("color_jitter", vec![("brightness", num(0.4)), ("contrast", num(0.4)), ("saturation", num(0.0)), ("hue", num(0.0)), ("p", num(1.0))])])),
-        ("blur", view("v", vec![("gaussian_blur", vec![("sigma", range(0.1, 1.0)), ("p", num(1.0))])])),
-        ("norm", view("v", vec![("normalize", vec![("mean", floats(&[0.3])), ("std", floats(&[0.3]))])])),
-    ];
-    let only = std::env::var("ZZ_ONLY").ok();
-    for (name, v) in &parts {
-        if only.as_deref().is_some_and(|o| o != *name) { continue; }
-        let p = Pipeline::new(v).unwrap();
-        let t = std::time::Instant::now();
-        let n = if only.is_some() { 400000 } else { 20000 };
-        for s in 0..n {
-            let mut rng = StdRng::seed_from_u64(s);
-            let img = Image { c: 1, size: 28, data: src.clone() };
-            std::hint::black_box(p.apply(img, &mut rng).unwrap());
-        }
-        eprintln!("{name}: {:.2} us", t.elapsed().as_secs_f64() * 1e6 / n as f64);
-    }
 }
