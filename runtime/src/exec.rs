@@ -88,6 +88,16 @@ impl<B: AutodiffBackend> Program<B> {
     /// Builds every network of `plan` on `device`; EMA teachers start as copies of their
     /// sources.
     pub fn new(plan: Plan, device: &B::Device) -> Result<Self, ExecError> {
+        // Initial weights come from the backend's global RNG: seed it from the spec, and hold a
+        // lock so that programs built concurrently (tests, sweeps) do not interleave their draws.
+        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+        let seed = plan
+            .train
+            .get("seed")
+            .and_then(canc_compiler::resolved::RValue::as_i64)
+            .unwrap_or(0) as u64;
+        B::seed(device, seed);
         let mut nets = Vec::new();
         let mut index = HashMap::new();
         for n in &plan.networks {

@@ -1,0 +1,240 @@
+//! The plan interpreter and trainer: EMA update math (and no gradient into a teacher),
+//! reproducibility per seed.
+
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+use canc_runtime::backend::{Cpu, CpuTrain};
+use canc_runtime::data;
+use canc_runtime::exec::Program;
+use canc_runtime::train::{RunOptions, Trainer, train};
+
+fn small(spec: &str, extra: &[&str]) -> canc_compiler::Plan {
+    let mut sets: Vec<String> = [
+        "data.limit=32",
+        "train.batch=16",
+        "train.epochs=2",
+        "network.encoder.dim=32",
+        "network.encoder.depth=1",
+        "network.encoder.heads=2",
+        "schedule.warmup=0 steps",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    sets.extend(extra.iter().map(|s| s.to_string()));
+    let res = canc_compiler::resolve_path(format!("../specs/{spec}.canspec").as_ref(), &sets);
+    assert!(!res.has_errors(), "{spec} does not compile");
+    res.plans[0].clone()
+}
+
+/// Every float parameter, flattened, in visiting order.
+struct Flat(Vec<f32>);
+impl<B: Backend> ModuleVisitor<B> for Flat {
+    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+        let v = p.val().into_data().convert::<f32>();
+        self.0
+            .extend(v.as_slice::<f32>().expect("f32").iter().copied());
+    }
+}
+
+fn flat<B: Backend, M: Module<B>>(m: &M) -> Vec<f32> {
+    let mut f = Flat(Vec::new());
+    m.visit(&mut f);
+    f.0
+}
+
+#[test]
+fn ema_teacher_follows_its_source_by_momentum_only() {
+    // MoCo v3: teacher = EMA of encoder, momentum 0.99 at step 0 of the cosine schedule
+    // (end − (end − m)·(cos 0 + 1)/2 = m).
+    let plan = small(
+        "mocov3",
+        &["network.projector.hidden=64", "network.predictor.hidden=64"],
+    );
+    let ds = data::load(&plan.data, None).expect("Fashion-MNIST installed");
+    let device = Default::default();
+    let mut program = Program::<CpuTrain>::new(plan, &device).expect("builds");
+    let (_, src, _) = program.teachers[0].clone();
+    let teacher0 = flat::<Cpu, _>(&program.teachers[0].2);
+    let source0 = flat::<Cpu, _>(&program.model.nets[src].valid());
+    assert_eq!(
+        teacher0, source0,
+        "a teacher starts as a copy of its source"
+    );
+    let opts = RunOptions {
+        steps: 4,
+        batch: 16,
+        out: None,
+        log_every: 0,
+    };
+    let mut trainer = Trainer::new(&program, &ds, &opts).expect("trainer");
+    trainer.step(&mut program, &ds, 0, &device).expect("step");
+    let source1 = flat::<Cpu, _>(&program.model.nets[src].valid());
+    let teacher1 = flat::<Cpu, _>(&program.teachers[0].2);
+    assert_ne!(source1, source0, "the optimizer moved the source");
+    let mut worst = 0.0f32;
+    for ((t0, s1), t1) in teacher0.iter().zip(&source1).zip(&teacher1) {
+        let want = 0.99 * t0 + 0.01 * s1;
+        worst = worst.max((want - t1).abs());
+    }
+    // Anything else touching the teacher (a gradient step) would break the identity.
+    assert!(
+        worst < 1e-6,
+        "teacher differs from 0.99·t + 0.01·s by {worst}"
+    );
+}
+
+#[test]
+fn same_seed_same_losses_other_seed_other_losses() {
+    let run = |seed: &str| {
+        let plan = small("simclr", &[seed]);
+        let ds = data::load(&plan.data, None).expect("data");
+        let device = Default::default();
+        let mut program = Program::<CpuTrain>::new(plan, &device).expect("builds");
+        let opts = RunOptions {
+            steps: 3,
+            batch: 16,
+            out: None,
+            log_every: 0,
+        };
+        train(&mut program, &ds, &opts, &device)
+            .expect("trains")
+            .iter()
+            .map(|l| l.loss)
+            .collect::<Vec<f64>>()
+    };
+    let a = run("train.seed=7");
+    let b = run("train.seed=7");
+    let c = run("train.seed=8");
+    assert_eq!(a, b, "same spec and seed must give the same losses");
+    assert_ne!(a, c, "another seed must give other losses");
+}
+
+#[test]
+fn accumulation_matches_one_big_batch_for_a_batch_independent_loss() {
+    // MAE's loss is a mean over images, so 2 micro-batches of 8 with the loss halved give the
+    // same gradient as one batch of 16 (up to float rounding): the losses of the next steps agree.
+    let run = |accum: &str| {
+        let plan = small(
+            "mae",
+            &[
+                accum,
+                "network.decoder.dim=32",
+                "network.decoder.heads=2",
+                "network.decoder.depth=1",
+            ],
+        );
+        let ds = data::load(&plan.data, None).expect("data");
+        let device = Default::default();
+        let mut program = Program::<CpuTrain>::new(plan, &device).expect("builds");
+        let opts = RunOptions {
+            steps: 3,
+            batch: 16,
+            out: None,
+            log_every: 0,
+        };
+        train(&mut program, &ds, &opts, &device)
+            .expect("trains")
+            .iter()
+            .map(|l| l.loss)
+            .collect::<Vec<f64>>()
+    };
+    let one = run("train.accum=1");
+    let two = run("train.accum=2");
+    for (x, y) in one.iter().zip(&two) {
+        assert!(
+            (x - y).abs() < 1e-3 * x.abs().max(1.0),
+            "{one:?} vs {two:?}"
+        );
+    }
+}
+
+#[test]
+fn each_image_is_computed_independently_of_the_rest_of_the_batch() {
+    // Encoder, decoder and losses must not mix images: the first image's reconstruction loss
+    // computed in a batch of 4 equals the one computed alone (same mask for it).
+    use burn::tensor::{Int, TensorData};
+    use canc_runtime::nn::Network;
+    let plan = small(
+        "mae",
+        &[
+            "network.decoder.dim=32",
+            "network.decoder.heads=2",
+            "network.decoder.depth=1",
+        ],
+    );
+    let device = Default::default();
+    let program = Program::<CpuTrain>::new(plan, &device).expect("builds");
+    let enc = program.model.nets[program.index["encoder"]].clone();
+    let dec = program.model.nets[program.index["decoder"]].clone();
+    let (Network::Vit(enc), Network::Decoder(dec)) = (enc, dec) else {
+        panic!("kinds")
+    };
+    // Deterministic pixels (no backend RNG: other tests seed it concurrently).
+    let px: Vec<f32> = (0..4 * 28 * 28).map(|i| ((i * 37 % 101) as f32) / 101.0).collect();
+    let x = Tensor::<CpuTrain, 4>::from_data(TensorData::new(px, [4, 1, 28, 28]), &device);
+    let keep: Vec<i64> = (0..4)
+        .flat_map(|i| (0..49).filter(move |j| (j + i) % 2 == 0).take(24))
+        .collect();
+    let keep = Tensor::<CpuTrain, 2, Int>::from_data(TensorData::new(keep, [4, 24]), &device);
+    let all = dec.forward(
+        enc.forward(x.clone(), Some(keep.clone())),
+        Some(keep.clone()),
+        None,
+    );
+    let one = dec.forward(
+        enc.forward(x.slice([0..1]), Some(keep.clone().slice([0..1]))),
+        Some(keep.slice([0..1])),
+        None,
+    );
+    let diff = (all.slice([0..1]) - one).abs().max().into_scalar();
+    assert!(
+        diff < 1e-4,
+        "image 0 depends on the other images: max diff {diff}"
+    );
+}
+
+#[test]
+fn a_batch_split_in_two_gives_the_same_mean_loss() {
+    // The plan's forward on 16 images equals the mean of its forward on the two halves, with
+    // the same RNG stream (masks are drawn image by image) and the same per-image augmentation.
+    let plan = small(
+        "mae",
+        &[
+            "network.decoder.dim=32",
+            "network.decoder.heads=2",
+            "network.decoder.depth=1",
+        ],
+    );
+    let ds = data::load(&plan.data, None).expect("data");
+    let device = Default::default();
+    let program = Program::<CpuTrain>::new(plan, &device).expect("builds");
+    let views = canc_runtime::train::view_steps(&program.plan);
+    let idx: Vec<usize> = (0..16).collect();
+    let batch = |ix: &[usize]| {
+        let b = data::make_batch(&ds, ix, &program.plan.views, &views, 0, 0, 0).expect("batch");
+        canc_runtime::train::to_tensors::<CpuTrain>(b, &device)
+    };
+    let mut rng = canc_runtime::exec::step_rng(0, 0);
+    let whole = program
+        .forward(&batch(&idx), &mut rng)
+        .expect("fwd")
+        .total
+        .into_scalar();
+    let mut rng = canc_runtime::exec::step_rng(0, 0);
+    let a = program
+        .forward(&batch(&idx[..8]), &mut rng)
+        .expect("fwd")
+        .total
+        .into_scalar();
+    let b = program
+        .forward(&batch(&idx[8..]), &mut rng)
+        .expect("fwd")
+        .total
+        .into_scalar();
+    assert!(
+        (whole - (a + b) / 2.0).abs() < 1e-4,
+        "whole {whole} vs halves {a}, {b}"
+    );
+}
