@@ -110,3 +110,62 @@ fn missing_spec_is_an_error_not_a_panic() {
         .code(1);
     assert!(String::from_utf8_lossy(&out.get_output().stderr).contains("E0003"));
 }
+
+#[test]
+fn run_on_cuda_without_the_feature_is_a_clear_usage_error() {
+    if cfg!(feature = "cuda") {
+        return;
+    }
+    let out = canc()
+        .args(["run", "specs/can.canspec", "--smoke", "--device", "cuda"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--features cuda"), "{err}");
+}
+
+#[test]
+fn run_with_missing_data_names_the_path_and_exits_1() {
+    let dir = std::env::temp_dir().join("canc-cli-missing-data");
+    let out = canc()
+        .args([
+            "run",
+            "specs/can.canspec",
+            "--smoke",
+            "--data",
+            "/nonexistent/fmnist",
+            "--out",
+        ])
+        .arg(&dir)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/fmnist"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn run_refuses_a_sweep_without_a_variant() {
+    let out = canc()
+        .args([
+            "run",
+            "specs/ablations/can_mask_ratio_sweep.canspec",
+            "--smoke",
+        ])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--variant"));
+}
+
+#[test]
+fn unknown_device_is_a_usage_error() {
+    let out = canc()
+        .args(["run", "specs/can.canspec", "--device", "tpu"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown device `tpu`"));
+}
