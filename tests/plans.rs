@@ -95,7 +95,15 @@ fn masking_drops_tokens_before_the_encoder() {
     );
     // The decoder predicts every patch: 49 positions × 4·4·1 = 16 pixels.
     let y1 = plan.step("y1").expect("y1");
-    assert!(matches!(y1.out, Fact::Tokens { n: 49, dim: 16, cls: false, .. }));
+    assert!(matches!(
+        y1.out,
+        Fact::Tokens {
+            n: 49,
+            dim: 16,
+            cls: false,
+            ..
+        }
+    ));
     // Overriding the ratio changes the visible count: floor(49 · 0.25) = 12.
     let res = resolve_path("specs/can.canspec".as_ref(), &["mask_ratio=0.75".into()]);
     let h1 = res.plans[0].step("h1").expect("h1");
@@ -116,8 +124,10 @@ fn gradient_flags_follow_stop_grad_and_ema() {
         assert!(s.grad && s.keep, "{q} must carry gradient");
     }
     let teacher = plan.network("teacher").expect("teacher");
-    assert!(matches!(&teacher.role, Role::Ema { source, momentum, momentum_end, .. }
-        if source == "encoder" && *momentum == 0.99 && *momentum_end == 1.0));
+    assert!(
+        matches!(&teacher.role, Role::Ema { source, momentum, momentum_end, .. }
+        if source == "encoder" && *momentum == 0.99 && *momentum_end == 1.0)
+    );
     assert_eq!(
         plan.network("encoder").map(|n| &n.role),
         Some(&Role::Trained)
@@ -148,10 +158,7 @@ fn derived_optimisation_numbers() {
 
 #[test]
 fn sweep_variants_each_get_a_plan() {
-    let res = resolve_path(
-        "specs/ablations/can_mask_ratio_sweep.canspec".as_ref(),
-        &[],
-    );
+    let res = resolve_path("specs/ablations/can_mask_ratio_sweep.canspec".as_ref(), &[]);
     assert!(res.plans.len() > 1);
     let visible: Vec<u32> = res
         .plans

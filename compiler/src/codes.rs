@@ -118,41 +118,59 @@ codes! {
     BAD_EMA = "E0054", "invalid EMA source",
         "An `ema` network must copy a trainable network defined in the spec, not another EMA network.";
     SHAPE_MISMATCH = "E0055", "shape mismatch",
-        "Two tensors that an operation combines do not fit: an embedding of one width where another \
-         is expected, a network called with inputs of two different widths, a reconstruction target \
-         whose patch size differs from the decoder's output, or a view whose image size differs from \
-         the encoder's. The message gives both shapes; `B` is the batch.";
+        "Two values that must have the same shape do not: the two embeddings a contrastive loss \
+         compares, a reconstruction and its target, an image and the encoder it is fed to, or the \
+         inputs of two calls of one network (its weights fix one input width, and an EMA copy \
+         takes what its source takes). The message gives both shapes, `B` standing for the batch; \
+         secondary labels show where each value is defined. Usual fixes: the same `out` on both \
+         projectors, `patchify(x, patch = P)` with the encoder's patch, a view crop `size` equal \
+         to the encoder's `image`.";
     GRAPH_CYCLE = "E0056", "cycle in the graph",
-        "Following the graph's references from a node leads back to it. Each node is computed from \
-         nodes computed before it, so the references must form a directed acyclic graph.";
+        "A node is computed, directly or through other nodes, from itself. Each node is computed \
+         from nodes computed before it, so the graph's references must not loop. The message \
+         lists the cycle and labels each reference in it; one of them should name another node.";
     NO_GRADIENT = "E0057", "loss without gradient",
-        "An objective term does not depend on any trainable parameter: every path to a network \
-         passes through `stop_grad`, an EMA network, or no network at all. It would add a constant \
-         to the loss. Remove the `stop_grad`, or the term.";
+        "An objective term, or a loss inside its `mean` or `sum`, depends on no trainable \
+         parameter: every path from it to a network passes through `stop_grad`, reaches only EMA \
+         networks (updated by averaging, not by gradient), or there is no network at all. Its \
+         gradient is zero, so it only adds a constant. Gradient does flow through an EMA network \
+         into its input: `teacher(encoder(x))` still trains `encoder`. Keep `stop_grad` on the \
+         target branch only, or drop the term.";
     WRONG_TENSOR = "E0058", "wrong kind of tensor",
-        "An operation received a different kind of value than it takes: tokens where an embedding \
-         is expected (pool them first), an image where patches are expected (patchify it), a loss \
-         where a tensor is expected, or something other than a mask in a mask argument.";
+        "An operation received a different kind of value than it takes: tokens `[B, 1+N, d]` \
+         where an embedding `[B, d]` is expected (pool them first), an image where patches are \
+         expected (patchify it), tensors where `mean` or `sum` expect losses, or, in the keyword \
+         inputs, something other than a `mask(...)` node for `mask` and `on = masked(...)`, other \
+         than `node.sigma` for `cond`, or other than `labels()` for `labels`.";
     NO_VISIBLE = "E0059", "mask leaves no visible patch",
-        "At this ratio the mask hides every patch of the grid (the encoder keeps \
-         floor(N·(1−ratio)) of N patches), so the encoder would see nothing. Lower the ratio or use \
-         smaller patches.";
+        "At this ratio the mask hides every patch: a ViT with `image` S and `patch` P has \
+         N = (S/P)² patches, and the encoder keeps floor(N·(1−ratio)) of them, as MAE does. With \
+         none left it has nothing to encode. Use a ratio of at most (N−1)/N, or smaller patches.";
     MASK_MISMATCH = "E0060", "mask mismatch",
-        "A mask is used with tokens it was not drawn for: a decoder given a different mask than the \
-         encoder used, a mask over another grid, or encoder tokens decoded without their mask.";
+        "A mask is used with tokens it was not drawn for. The decoder must put the encoder's \
+         visible tokens back where they came from, so it needs exactly the mask the encoder used: \
+         not another mask, not none when the encoder dropped patches, and none when the encoder \
+         saw every patch. A mask also belongs to one grid: `mask(net, ...)` draws over `net`'s \
+         patches and cannot mask a network with another grid.";
     UNUSED_VAR = "W0001", "unused variable",
         "A `let` is defined but never used.";
     ZERO_WEIGHT = "W0002", "zero-weight objective term",
         "A term with weight 0 is computed but does not train anything; remove it with `name = none`.";
     UNUSED_NODE = "W0003", "unused graph node",
-        "A graph node does not contribute to any objective term, so it is never computed. Remove it \
-         (`name = none` in an extending spec) or add it to the objective.";
+        "A graph node does not contribute to any objective term, so it is never computed (the \
+         plan leaves it out). Use it in a loss, or remove it (`name = none` in an extending \
+         spec). Named nodes that only the unused node needs are listed with it.";
     UNUSED_DECL = "W0004", "unused network or view",
-        "A network or view is declared but no graph node uses it. It is not built.";
+        "A network or view is declared, but no node that an objective term uses calls or draws \
+         it, so it is not built. Use it in the graph, or remove it (`network.NAME = none` or \
+         `view.NAME = none` in an extending spec). A network used only in `mask(NAME, ...)` is \
+         reported too: the mask reads its patch grid, but its weights are never used.";
     UNTRAINED = "W0005", "network receives no gradient",
-        "A trainable network is used, but no weighted objective term sends gradient into it (its \
-         outputs reach losses only through `stop_grad`, or only terms of weight 0), so its weights \
-         stay at initialisation. An EMA network following it would stay constant too.";
+        "A trainable network is used, but no weighted objective term sends gradient into it: its \
+         outputs reach the losses only through `stop_grad`, or only terms of weight 0 use it. Its \
+         weights stay at initialisation, and an EMA network following it stays constant too. \
+         Remove the `stop_grad`; for a slowly updated copy of another network, declare it \
+         `ema { source = ... }` instead.";
 }
 
 /// Looks up a code by id (case-insensitive).

@@ -1,6 +1,6 @@
 //! Lowering: a resolved spec's `graph` and `objective` blocks become a [`LossGraph`]. Nested
 //! expressions become nodes of their own (`z1 = projector(pool(h1))` gives `z1/pool` and `z1`);
-//! references may point forward; a cycle of references is an error.
+//! references may point forward; a cycle of references is an error, reported once per cycle.
 //!
 //! Names, arities and argument types were checked before (by `check`), so an expression this
 //! stage cannot read is skipped silently rather than reported twice.
@@ -128,20 +128,7 @@ impl Lower<'_> {
         match self.state.get(name) {
             Some(State::Done(n)) => return *n,
             Some(State::Lowering) => {
-                let start = self.stack.iter().position(|s| s == name).unwrap_or(0);
-                let mut cycle: Vec<String> = self.stack[start..].to_vec();
-                cycle.push(name.to_string());
-                let from = self.stack.last().cloned().unwrap_or_default();
-                let span = self.span_of(&format!("graph.{from}"));
-                self.diags.push(
-                    Diagnostic::error(
-                        codes::GRAPH_CYCLE,
-                        span,
-                        format!("the graph has a cycle: {}", cycle.join(" -> ")),
-                    )
-                    .label(format!("`{from}` depends on itself"))
-                    .note("a node cannot use its own value; each step computes its inputs first"),
-                );
+                self.cycle(name);
                 return None;
             }
             None => {}
@@ -157,6 +144,48 @@ impl Lower<'_> {
             self.g.by_name.insert(name.to_string(), n);
         }
         n
+    }
+
+    /// Reports the cycle that a reference to `name`, which is being lowered, closes: once, at
+    /// the node whose reference closes it, with the other references of the cycle as secondary
+    /// labels. Every node of the cycle then fails to lower, so nothing else reports it again.
+    fn cycle(&mut self, name: &str) {
+        let start = self.stack.iter().position(|s| s == name).unwrap_or(0);
+        let members = self.stack[start..].to_vec();
+        let last = members.last().map_or(name, String::as_str);
+        let span = self.span_of(&format!("graph.{last}"));
+        let d = if members.len() <= 1 {
+            Diagnostic::error(
+                codes::GRAPH_CYCLE,
+                span,
+                format!("node `{name}` is computed from itself"),
+            )
+            .label(format!("`{name}` uses `{name}`"))
+            .help("refer to the node it should be computed from")
+        } else {
+            let path: Vec<String> = members
+                .iter()
+                .chain(std::iter::once(&name.to_string()))
+                .map(|m| format!("`{m}`"))
+                .collect();
+            let mut d = Diagnostic::error(
+                codes::GRAPH_CYCLE,
+                span,
+                format!("the graph has a cycle: {}", path.join(" → ")),
+            )
+            .label(format!("`{last}` uses `{name}`, closing the cycle"))
+            .help("one of these references should name another node");
+            for pair in members.windows(2) {
+                d = d.with_label(
+                    self.span_of(&format!("graph.{}", pair[0])),
+                    format!("`{}` uses `{}`", pair[0], pair[1]),
+                );
+            }
+            d
+        };
+        self.diags.push(d.note(
+            "each node is computed from nodes computed before it, so references cannot loop",
+        ));
     }
 
     /// A tensor argument: a reference, `node.output`, or a nested call.

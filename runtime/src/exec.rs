@@ -110,9 +110,12 @@ impl<B: AutodiffBackend> Program<B> {
             nets.push(net);
         }
         let model = Nets { nets };
+        // Burn initialises parameters lazily, at first use: force it now, under the lock.
+        model.visit(&mut Collect::<B>(Vec::new()));
         let mut teachers = Vec::new();
         for n in &plan.networks {
             if let Role::Ema { source, .. } = &n.role {
+                // (after `model` is initialised: `valid()` copies the initialised weights)
                 let &src = index.get(source).ok_or_else(|| {
                     ExecError::Build(n.name.clone(), format!("EMA source `{source}` not built"))
                 })?;

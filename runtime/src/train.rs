@@ -326,7 +326,11 @@ impl<B: AutodiffBackend> Trainer<B> {
             seed: plan.train.get("seed").and_then(RValue::as_i64).unwrap_or(0) as u64,
             per_epoch: (ds.n / opts.batch) as u64,
             batch: opts.batch,
-            accum: if opts.batch % accum == 0 { accum } else { 1 },
+            accum: if opts.batch.is_multiple_of(accum) {
+                accum
+            } else {
+                1
+            },
             clip: plan.optim.config.get("clip_grad").and_then(RValue::as_f64),
             total: opts.steps,
             roles: plan

@@ -172,7 +172,9 @@ fn each_image_is_computed_independently_of_the_rest_of_the_batch() {
         panic!("kinds")
     };
     // Deterministic pixels (no backend RNG: other tests seed it concurrently).
-    let px: Vec<f32> = (0..4 * 28 * 28).map(|i| ((i * 37 % 101) as f32) / 101.0).collect();
+    let px: Vec<f32> = (0..4 * 28 * 28)
+        .map(|i| ((i * 37 % 101) as f32) / 101.0)
+        .collect();
     let x = Tensor::<CpuTrain, 4>::from_data(TensorData::new(px, [4, 1, 28, 28]), &device);
     let keep: Vec<i64> = (0..4)
         .flat_map(|i| (0..49).filter(move |j| (j + i) % 2 == 0).take(24))
@@ -184,11 +186,11 @@ fn each_image_is_computed_independently_of_the_rest_of_the_batch() {
         None,
     );
     let one = dec.forward(
-        enc.forward(x.slice([0..1]), Some(keep.clone().slice([0..1]))),
-        Some(keep.slice([0..1])),
+        enc.forward(x.slice(0..1), Some(keep.clone().slice(0..1))),
+        Some(keep.slice(0..1)),
         None,
     );
-    let diff = (all.slice([0..1]) - one).abs().max().into_scalar();
+    let diff = (all.slice(0..1) - one).abs().max().into_scalar();
     assert!(
         diff < 1e-4,
         "image 0 depends on the other images: max diff {diff}"
