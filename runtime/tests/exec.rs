@@ -240,3 +240,46 @@ fn a_batch_split_in_two_gives_the_same_mean_loss() {
         "whole {whole} vs halves {a}, {b}"
     );
 }
+
+#[test]
+fn gradient_clipping_bounds_the_update() {
+    // AdamW is invariant to the gradient's scale except through eps (1e-8): clipping the global
+    // norm to 1e-12 makes every gradient element ≪ eps, so the first update is ~lr·g/eps ≈ 0,
+    // while without clipping it is ~lr (m̂/√v̂ = ±1 at step 1).
+    let moved = |extra: &[&str]| {
+        let mut sets = vec![
+            "optimizer.lr=1e-2",
+            "optimizer.weight_decay=0.0",
+            "optimizer.lr_scaling=none",
+        ];
+        sets.extend_from_slice(extra);
+        let plan = small("mae", &sets);
+        let ds = data::load(&plan.data, None).expect("data");
+        let device = Default::default();
+        let mut program = Program::<CpuTrain>::new(plan, &device).expect("builds");
+        let before = flat::<CpuTrain, _>(&program.model);
+        let opts = RunOptions {
+            steps: 1,
+            batch: 16,
+            out: None,
+            log_every: 0,
+        };
+        train(&mut program, &ds, &opts, &device).expect("trains");
+        let after = flat::<CpuTrain, _>(&program.model);
+        before
+            .iter()
+            .zip(&after)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max)
+    };
+    let free = moved(&[]);
+    let clipped = moved(&["optimizer.clip_grad=1e-12"]);
+    assert!(
+        free > 5e-3,
+        "an unclipped step moves weights by about lr: {free}"
+    );
+    assert!(
+        clipped < 1e-4,
+        "a clipped step barely moves them: {clipped}"
+    );
+}
