@@ -162,9 +162,10 @@ enum Command {
         /// Images per step (default: the spec's batch).
         #[arg(long)]
         batch: Option<u64>,
-        /// Number format of activations for the memory estimate.
-        #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
-        dtype: DtypeArg,
+        /// Number format of activations for the memory estimate (default: the spec's
+        /// `train.precision`).
+        #[arg(long, value_enum)]
+        dtype: Option<DtypeArg>,
     },
     /// Explain a spec (every value and where it came from) or a diagnostic code (`E0011`).
     Explain {
@@ -356,14 +357,15 @@ pub fn main() -> ExitCode {
             input,
             batch,
             dtype,
-        } => {
-            let dtype = match dtype {
-                DtypeArg::F32 => cost::Dtype::F32,
-                DtypeArg::Bf16 => cost::Dtype::Bf16,
-                DtypeArg::F16 => cost::Dtype::F16,
+        } => with_plans(&input, color, |_, plan| {
+            let precision = plan.train.get("precision").and_then(|v| v.as_str());
+            let dtype = match (dtype, precision) {
+                (Some(DtypeArg::Bf16), _) | (None, Some("bf16")) => cost::Dtype::Bf16,
+                (Some(DtypeArg::F16), _) | (None, Some("f16")) => cost::Dtype::F16,
+                _ => cost::Dtype::F32,
             };
-            with_plans(&input, color, |_, plan| cost::report(plan, batch, dtype))
-        }
+            cost::report(plan, batch, dtype)
+        }),
         Command::Explain { markdown: true, .. } => {
             print!("{}", canc_compiler::docs::errors());
             ExitCode::SUCCESS

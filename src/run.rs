@@ -77,6 +77,13 @@ fn run_inner(args: RunArgs) -> Result<(), String> {
     write(&args.out, "plan.ron", &plan.to_ron())?;
     write(&args.out, "graph.dot", &canc_compiler::dot::to_dot(&plan))?;
 
+    if let Some(p) = plan.train.get("precision").and_then(RValue::as_str)
+        && p != "f32"
+    {
+        eprintln!(
+            "warning: `train.precision = {p}` is not implemented by the runtime yet; training in f32"
+        );
+    }
     let t0 = std::time::Instant::now();
     let ds = data::load(&plan.data, None).map_err(|e| e.to_string())?;
     eprintln!(
