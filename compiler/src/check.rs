@@ -796,7 +796,7 @@ fn check_eval(blocks: &[RBlock], doc: &Doc, cx: &mut Cx) {
 }
 
 /// A value for the `lets` table of the resolved spec (after substitution, for reference only).
-fn lossy(v: &canc_grammar::ast::Value) -> RValue {
+pub(crate) fn lossy(v: &canc_grammar::ast::Value) -> RValue {
     use canc_grammar::ast::ValueKind as K;
     match &v.kind {
         K::Number(n) => match n.value {

@@ -8,6 +8,7 @@
 //! a `let`, where each `let` was last written, where each block is declared, and what an
 //! extending spec removed with `= none`.
 
+use crate::check::lossy;
 use crate::plan::{NetworkPlan, Plan, Role, dataset_images};
 use crate::resolved::{Provenance, RBlock, RValue, ResolvedSpec};
 use crate::shape::Fact;
@@ -823,38 +824,6 @@ fn collect_vars(v: &Value, out: &mut Vec<String>) {
         ValueKind::List(xs) | ValueKind::Sweep(xs) => xs.iter().for_each(|x| collect_vars(x, out)),
         ValueKind::Call(_, args) => args.iter().for_each(|a| collect_vars(&a.value, out)),
         _ => {}
-    }
-}
-
-/// A literal as the resolved `lets` table holds it.
-fn lossy(v: &Value) -> RValue {
-    match &v.kind {
-        ValueKind::Number(n) => match n.value {
-            canc_grammar::ast::NumberValue::Int(i) => RValue::Int(i),
-            canc_grammar::ast::NumberValue::Float(f) => RValue::Float(f),
-        },
-        ValueKind::Quantity(n, u) => RValue::Quantity(n.value.as_f64(), *u),
-        ValueKind::Str(s) => RValue::Str(s.clone()),
-        ValueKind::Bool(b) => RValue::Bool(*b),
-        ValueKind::None => RValue::None,
-        ValueKind::Range(a, b) => RValue::Range(a.value.as_f64(), b.value.as_f64()),
-        ValueKind::List(xs) | ValueKind::Sweep(xs) => RValue::List(xs.iter().map(lossy).collect()),
-        ValueKind::Call(n, args) => RValue::Call(
-            n.name.clone(),
-            args.iter()
-                .map(|a| (a.name.as_ref().map(|k| k.name.clone()), lossy(&a.value)))
-                .collect(),
-        ),
-        ValueKind::Var(i) => RValue::Ident(format!("${}", i.name)),
-        ValueKind::Path(p) => RValue::Output(
-            p[0].name.clone(),
-            p[1..]
-                .iter()
-                .map(|i| i.name.as_str())
-                .collect::<Vec<_>>()
-                .join("."),
-        ),
-        ValueKind::Ident(s) => RValue::Ident(s.clone()),
     }
 }
 
