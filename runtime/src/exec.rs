@@ -523,7 +523,14 @@ fn call_inner<B: AutodiffBackend>(
         Value::Emb(t) => Value::Emb(t.inner()),
         _ => return Err("EMA network called with a non-tensor".into()),
     };
-    Ok(match call(net, kind, x, keep, sigma)? {
+    // An EMA MLP normalises with batch statistics, as the online one does (MoCo v3 / BYOL run
+    // the momentum encoder's BatchNorm in training mode); Burn's non-autodiff default would
+    // use running statistics.
+    let out = match (net, kind, x) {
+        (Network::Mlp(m), NetKind::Mlp, Value::Emb(x)) => Value::Emb(m.forward_mode(x, true)),
+        (net, kind, x) => call(net, kind, x, keep, sigma)?,
+    };
+    Ok(match out {
         Value::Tokens(t) => Value::Tokens(Tensor::from_inner(t)),
         Value::Emb(t) => Value::Emb(Tensor::from_inner(t)),
         _ => return Err("unexpected EMA output".into()),
