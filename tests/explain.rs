@@ -256,3 +256,16 @@ fn cli_explains_specs_and_still_explains_codes() {
     let stdout = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
     assert!(stdout.starts_with("E0055: shape mismatch"), "{stdout}");
 }
+
+#[test]
+fn a_set_override_of_a_graph_argument_says_set() {
+    let out = explained(
+        "specs/can.canspec",
+        &["graph.n1.sigma=0.2".into(), "train.batch=128".into()],
+    );
+    assert_eq!(
+        row(&out, "graph", "n1"),
+        "n1 = add_noise(x1, sigma = 0.2) --set #1"
+    );
+    assert!(row(&out, "train", "batch").ends_with("--set #2"));
+}

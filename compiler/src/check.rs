@@ -102,7 +102,7 @@ impl Cx<'_> {
     pub(crate) fn record(&mut self, path: String, origin: Origin, span: Span) {
         let p = match origin {
             Origin::Spec => Provenance::Spec(self.sources.location(span)),
-            Origin::Cli => Provenance::Cli(self.sources.name(span.file).to_string()),
+            Origin::Cli(file) => Provenance::Cli(self.sources.name(file).to_string()),
         };
         self.spans.insert(path.clone(), span);
         self.provenance.insert(path, p);

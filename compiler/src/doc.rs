@@ -10,8 +10,8 @@ use indexmap::IndexMap;
 pub enum Origin {
     /// A spec file (the span says which and where).
     Spec,
-    /// A `--set` override.
-    Cli,
+    /// A `--set` override (its pseudo-file, which names it `--set #N`).
+    Cli(canc_grammar::FileId),
 }
 
 /// A key and its value.

@@ -302,10 +302,6 @@ fn fields(
 fn origin(p: Option<&Provenance>, spec: &ResolvedSpec, src: &Sources) -> String {
     match p {
         Some(Provenance::Spec(loc)) => format!("{loc}{}", src.note_at(loc)),
-        // A `--set graph.NODE.ARG=v` keeps the span of the node it edits.
-        Some(Provenance::Cli(what)) if !what.starts_with("--set") => {
-            format!("--set (an argument of the node written in {what})")
-        }
         Some(Provenance::Cli(what)) => what.clone(),
         Some(Provenance::Default) => "default".into(),
         Some(Provenance::Derived(f)) => match spec.block("data").and_then(|d| d.ty.as_deref()) {

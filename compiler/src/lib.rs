@@ -120,7 +120,9 @@ fn finish(
     for (i, text) in overrides.iter().enumerate() {
         let id = sources.add_file(format!("--set #{}", i + 1), None, text.clone());
         match canc_grammar::parse_override(text, id) {
-            Ok((path, value)) => merge::apply_set(&mut doc, &path, &value, Origin::Cli, &mut diags),
+            Ok((path, value)) => {
+                merge::apply_set(&mut doc, &path, &value, Origin::Cli(id), &mut diags)
+            }
             Err(e) => diags.push(load::syntax_diagnostic(e)),
         }
     }

@@ -425,7 +425,7 @@ fn set_graph(
             value: value.clone(),
         }),
     }
-    if origin == Origin::Cli {
-        setting.origin = Origin::Cli;
+    if let Origin::Cli(_) = origin {
+        setting.origin = origin;
     }
 }
