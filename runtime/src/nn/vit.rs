@@ -260,20 +260,5 @@ impl<B: Backend> Vit<B> {
     }
 }
 
-/// `[B, C, H, W]` images → `[B, (H/p)·(W/p), p·p·C]` patches: patches in row-major order,
-/// values inside a patch in `(p1 p2 c)` order (MAE's `patchify`).
-///
-/// # Panics
-/// If `p` does not divide `H` and `W`.
-pub fn patchify<B: Backend>(images: Tensor<B, 4>, p: usize) -> Tensor<B, 3> {
-    let [b, c, h, w] = images.dims();
-    assert!(
-        p > 0 && h % p == 0 && w % p == 0,
-        "patch {p} does not divide {h}x{w}"
-    );
-    let (gh, gw) = (h / p, w / p);
-    images
-        .reshape([b, c, gh, p, gw, p])
-        .permute([0, 2, 4, 3, 5, 1])
-        .reshape([b, gh * gw, p * p * c])
-}
+/// Re-exported: the encoder embeds exactly the patches the reconstruction losses compare.
+pub use crate::loss::patchify;
