@@ -4,7 +4,7 @@
 use burn::tensor::backend::AutodiffBackend;
 use canc_compiler::Plan;
 use canc_compiler::cost;
-use canc_runtime::backend::{CpuTrain, DeviceSpec};
+use canc_runtime::backend::{DeviceSpec, OnBackend, dispatch};
 use canc_runtime::data;
 use canc_runtime::exec::Program;
 use canc_runtime::train::{Phases, RunOptions, StepLog, TrainError, Trainer};
@@ -35,24 +35,30 @@ pub fn bench(args: BenchArgs) -> ExitCode {
     }
 }
 
-fn measure<B: AutodiffBackend>(
+/// `total` training steps of `plan`, each measured, on the chosen backend.
+struct Measure<'a> {
     plan: Plan,
-    ds: &data::Dataset,
+    ds: &'a data::Dataset,
     batch: usize,
     total: u64,
-    device: &B::Device,
-) -> Result<Vec<StepLog>, TrainError> {
-    let mut program = Program::<B>::new(plan, device)?;
-    let opts = RunOptions {
-        steps: total,
-        batch,
-        out: None,
-        log_every: 0,
-    };
-    let mut trainer = Trainer::new(&program, ds, &opts)?;
-    (0..total)
-        .map(|s| trainer.step(&mut program, ds, s, device))
-        .collect()
+}
+
+impl OnBackend for Measure<'_> {
+    type Output = Result<Vec<StepLog>, TrainError>;
+
+    fn run<B: AutodiffBackend>(self, device: &B::Device) -> Self::Output {
+        let mut program = Program::<B>::new(self.plan, device)?;
+        let opts = RunOptions {
+            steps: self.total,
+            batch: self.batch,
+            out: None,
+            log_every: 0,
+        };
+        let mut trainer = Trainer::new(&program, self.ds, &opts)?;
+        (0..self.total)
+            .map(|s| trainer.step(&mut program, self.ds, s, device))
+            .collect()
+    }
 }
 
 fn bench_inner(args: BenchArgs) -> Result<(), String> {
@@ -60,13 +66,15 @@ fn bench_inner(args: BenchArgs) -> Result<(), String> {
     let batch = cost::plan_batch(&plan) as usize;
     let ds = data::load(&plan.data, None).map_err(|e| e.to_string())?;
     let total = args.warmup + args.steps;
-    let logs = match args.device {
-        DeviceSpec::Cpu => {
-            measure::<CpuTrain>(plan.clone(), &ds, batch, total, &Default::default())
-        }
-        DeviceSpec::Cuda(i) => cuda(plan.clone(), &ds, batch, total, i),
-    }
-    .map_err(|e| e.to_string())?;
+    let work = Measure {
+        plan: plan.clone(),
+        ds: &ds,
+        batch,
+        total,
+    };
+    let logs = dispatch(args.device, work)
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
     let timed = &logs[args.warmup as usize..];
     let n = timed.len().max(1) as f64;
     let mut ph = Phases::default();
@@ -119,34 +127,4 @@ fn bench_inner(args: BenchArgs) -> Result<(), String> {
         flops / mean / 1e9
     );
     Ok(())
-}
-
-#[cfg(feature = "cuda")]
-fn cuda(
-    plan: Plan,
-    ds: &data::Dataset,
-    batch: usize,
-    total: u64,
-    index: usize,
-) -> Result<Vec<StepLog>, TrainError> {
-    if !canc_runtime::backend::cuda_driver_present() {
-        return Err(TrainError::Device(
-            "no NVIDIA driver found (no /proc/driver/nvidia/version, no libcuda.so.1)".into(),
-        ));
-    }
-    let device = canc_runtime::backend::cuda_device(index);
-    measure::<canc_runtime::backend::GpuTrain>(plan, ds, batch, total, &device)
-}
-
-#[cfg(not(feature = "cuda"))]
-fn cuda(
-    _plan: Plan,
-    _ds: &data::Dataset,
-    _batch: usize,
-    _total: u64,
-    _index: usize,
-) -> Result<Vec<StepLog>, TrainError> {
-    Err(TrainError::Device(
-        canc_runtime::backend::DeviceError::NoCudaFeature.to_string(),
-    ))
 }

@@ -1,9 +1,10 @@
 //! `canc run`: compile a spec, load its data, train through the runtime, write the run
 //! directory (spec, resolved spec, plan, metrics).
 
+use burn::tensor::backend::AutodiffBackend;
 use canc_compiler::Plan;
 use canc_compiler::resolved::RValue;
-use canc_runtime::backend::{CpuTrain, DeviceSpec};
+use canc_runtime::backend::{DeviceSpec, OnBackend, dispatch};
 use canc_runtime::data;
 use canc_runtime::train::{self, RunOptions, TrainError};
 use std::path::{Path, PathBuf};
@@ -123,16 +124,14 @@ fn run_inner(args: RunArgs) -> Result<(), String> {
         "    Training `{}` on {} for {steps} steps of {batch} images",
         plan.spec, args.device
     );
-    let logs = match args.device {
-        DeviceSpec::Cpu => {
-            let device = Default::default();
-            let mut program = canc_runtime::exec::Program::<CpuTrain>::new(plan, &device)
-                .map_err(|e| e.to_string())?;
-            train::train(&mut program, &ds, &opts, &device)
-        }
-        DeviceSpec::Cuda(i) => cuda_train(plan, &ds, &opts, i),
-    }
-    .map_err(|e: TrainError| e.to_string())?;
+    let work = Train {
+        plan,
+        ds: &ds,
+        opts: &opts,
+    };
+    let logs = dispatch(args.device, work)
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
     if let (Some(first), Some(last)) = (logs.first(), logs.last()) {
         eprintln!(
             "    Finished {} steps: loss {:.4} -> {:.4}; metrics in {}",
@@ -145,32 +144,18 @@ fn run_inner(args: RunArgs) -> Result<(), String> {
     Ok(())
 }
 
-#[cfg(feature = "cuda")]
-fn cuda_train(
+/// Builds the plan's program on the chosen backend and trains it.
+struct Train<'a> {
     plan: Plan,
-    ds: &data::Dataset,
-    opts: &RunOptions,
-    index: usize,
-) -> Result<Vec<train::StepLog>, TrainError> {
-    use canc_runtime::backend::GpuTrain;
-    if !canc_runtime::backend::cuda_driver_present() {
-        return Err(TrainError::Device(
-            "no NVIDIA driver found (no /proc/driver/nvidia/version, no libcuda.so.1): is this a GPU machine?".into(),
-        ));
-    }
-    let device = canc_runtime::backend::cuda_device(index);
-    let mut program = canc_runtime::exec::Program::<GpuTrain>::new(plan, &device)?;
-    train::train(&mut program, ds, opts, &device)
+    ds: &'a data::Dataset,
+    opts: &'a RunOptions,
 }
 
-#[cfg(not(feature = "cuda"))]
-fn cuda_train(
-    _plan: Plan,
-    _ds: &data::Dataset,
-    _opts: &RunOptions,
-    _index: usize,
-) -> Result<Vec<train::StepLog>, TrainError> {
-    Err(TrainError::Device(
-        canc_runtime::backend::DeviceError::NoCudaFeature.to_string(),
-    ))
+impl OnBackend for Train<'_> {
+    type Output = Result<Vec<train::StepLog>, TrainError>;
+
+    fn run<B: AutodiffBackend>(self, device: &B::Device) -> Self::Output {
+        let mut program = canc_runtime::exec::Program::<B>::new(self.plan, device)?;
+        train::train(&mut program, self.ds, self.opts, device)
+    }
 }

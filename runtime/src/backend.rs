@@ -15,10 +15,34 @@ pub type Gpu = burn::backend::Cuda;
 #[cfg(feature = "cuda")]
 pub type GpuTrain = burn::backend::Autodiff<Gpu>;
 
-/// CUDA device `index` (feature `cuda`).
+/// Work to run on whichever training backend a [`DeviceSpec`] selects.
+pub trait OnBackend {
+    /// What the work returns.
+    type Output;
+    /// Runs the work on backend `B` and `device`.
+    fn run<B: burn::tensor::backend::AutodiffBackend>(self, device: &B::Device) -> Self::Output;
+}
+
+/// Runs `work` on the device `spec` names: the CPU backend, or CUDA device N when built with
+/// the `cuda` feature and an NVIDIA driver is present (checked here, before Burn would panic).
+pub fn dispatch<W: OnBackend>(spec: DeviceSpec, work: W) -> Result<W::Output, DeviceError> {
+    match spec {
+        DeviceSpec::Cpu => Ok(work.run::<CpuTrain>(&Default::default())),
+        DeviceSpec::Cuda(index) => cuda(index, work),
+    }
+}
+
 #[cfg(feature = "cuda")]
-pub fn cuda_device(index: usize) -> burn::backend::cuda::CudaDevice {
-    burn::backend::cuda::CudaDevice::new(index)
+fn cuda<W: OnBackend>(index: usize, work: W) -> Result<W::Output, DeviceError> {
+    if !cuda_driver_present() {
+        return Err(DeviceError::NoDriver);
+    }
+    Ok(work.run::<GpuTrain>(&burn::backend::cuda::CudaDevice::new(index)))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda<W: OnBackend>(_index: usize, _work: W) -> Result<W::Output, DeviceError> {
+    Err(DeviceError::NoCudaFeature)
 }
 
 /// A device named on the command line.
@@ -36,6 +60,11 @@ pub enum DeviceError {
     /// Not `cpu`, `cuda` or `cuda:N`.
     #[error("unknown device `{0}`: expected `cpu`, `cuda` or `cuda:N`")]
     Unknown(String),
+    /// CUDA requested on a machine without an NVIDIA driver.
+    #[error(
+        "no NVIDIA driver found (no /proc/driver/nvidia/version, no libcuda.so.1): is this a GPU machine?"
+    )]
+    NoDriver,
     /// CUDA requested from a build without the `cuda` feature.
     #[error(
         "this canc was built without CUDA support; rebuild with `cargo build --release --features cuda`"

@@ -41,9 +41,6 @@ pub enum TrainError {
         /// Its value.
         value: f64,
     },
-    /// The device cannot be used.
-    #[error("{0}")]
-    Device(String),
     /// Writing metrics failed.
     #[error("cannot write `{0}`: {1}")]
     Io(PathBuf, std::io::Error),
