@@ -258,14 +258,9 @@ pub fn main() -> ExitCode {
             warmup,
             json,
         } => {
-            let device = match canc_runtime::backend::DeviceSpec::parse(&device)
-                .and_then(|d| d.available())
-            {
+            let device = match device_arg(&device) {
                 Ok(d) => d,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             if let Some(b) = batch {
                 input.overrides.push(format!("train.batch={b}"));
@@ -291,14 +286,9 @@ pub fn main() -> ExitCode {
             epochs,
             smoke,
         } => {
-            let device = match canc_runtime::backend::DeviceSpec::parse(&device)
-                .and_then(|d| d.available())
-            {
+            let device = match device_arg(&device) {
                 Ok(d) => d,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             if smoke {
                 // Applied before the spec's own --set values so those still win.
@@ -562,6 +552,16 @@ fn explain(code: Option<&str>) -> ExitCode {
             }
         },
     }
+}
+
+/// Parses `--device`; an unknown device, or CUDA in a build without it, is a usage error (2).
+fn device_arg(s: &str) -> Result<canc_runtime::backend::DeviceSpec, ExitCode> {
+    canc_runtime::backend::DeviceSpec::parse(s)
+        .and_then(|d| d.available())
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        })
 }
 
 /// Resolves and compiles `input`; reports diagnostics; returns the chosen variants' indices.
