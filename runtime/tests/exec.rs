@@ -44,6 +44,21 @@ fn flat<B: Backend, M: Module<B>>(m: &M) -> Vec<f32> {
     f.0
 }
 
+/// Builds `plan` and trains it `steps` steps of 16 images; the program and each step's loss.
+fn losses(plan: canc_compiler::Plan, steps: u64) -> (Program<CpuTrain>, Vec<f64>) {
+    let ds = data::load(&plan.data, None).expect("Fashion-MNIST installed");
+    let device = Default::default();
+    let mut program = Program::<CpuTrain>::new(plan, &device).expect("builds");
+    let opts = RunOptions {
+        steps,
+        batch: 16,
+        out: None,
+        log_every: 0,
+    };
+    let logs = train(&mut program, &ds, &opts, &device).expect("trains");
+    (program, logs.iter().map(|l| l.loss).collect())
+}
+
 #[test]
 fn ema_teacher_follows_its_source_by_momentum_only() {
     // MoCo v3: teacher = EMA of encoder, momentum 0.99 at step 0 of the cosine schedule
@@ -87,23 +102,7 @@ fn ema_teacher_follows_its_source_by_momentum_only() {
 
 #[test]
 fn same_seed_same_losses_other_seed_other_losses() {
-    let run = |seed: &str| {
-        let plan = small("simclr", &[seed]);
-        let ds = data::load(&plan.data, None).expect("data");
-        let device = Default::default();
-        let mut program = Program::<CpuTrain>::new(plan, &device).expect("builds");
-        let opts = RunOptions {
-            steps: 3,
-            batch: 16,
-            out: None,
-            log_every: 0,
-        };
-        train(&mut program, &ds, &opts, &device)
-            .expect("trains")
-            .iter()
-            .map(|l| l.loss)
-            .collect::<Vec<f64>>()
-    };
+    let run = |seed: &str| losses(small("simclr", &[seed]), 3).1;
     let a = run("train.seed=7");
     let b = run("train.seed=7");
     let c = run("train.seed=8");
@@ -125,20 +124,7 @@ fn accumulation_matches_one_big_batch_for_a_batch_independent_loss() {
                 "network.decoder.depth=1",
             ],
         );
-        let ds = data::load(&plan.data, None).expect("data");
-        let device = Default::default();
-        let mut program = Program::<CpuTrain>::new(plan, &device).expect("builds");
-        let opts = RunOptions {
-            steps: 3,
-            batch: 16,
-            out: None,
-            log_every: 0,
-        };
-        train(&mut program, &ds, &opts, &device)
-            .expect("trains")
-            .iter()
-            .map(|l| l.loss)
-            .collect::<Vec<f64>>()
+        losses(plan, 3).1
     };
     let one = run("train.accum=1");
     let two = run("train.accum=2");
