@@ -51,6 +51,8 @@ pub struct Program<B: AutodiffBackend> {
     pub index: HashMap<String, usize>,
     /// EMA teachers (no autodiff): name, index of the source in `model.nets`, the copy.
     pub teachers: Vec<(String, usize, Network<B::InnerBackend>)>,
+    /// Where the networks live; masks and noise are created here.
+    pub device: B::Device,
 }
 
 /// One input batch: the images of each view step ([B, C, S, S], normalised) and the labels.
@@ -127,6 +129,7 @@ impl<B: AutodiffBackend> Program<B> {
             model,
             index,
             teachers,
+            device: device.clone(),
         })
     }
 
@@ -206,7 +209,7 @@ fn forward<B: AutodiffBackend>(
     batch: &Batch<B>,
     rng: &mut StdRng,
 ) -> Result<Forward<B>, ExecError> {
-    let device = p.model.devices().first().cloned().unwrap_or_default();
+    let device = p.device.clone();
     let mut values: HashMap<String, Value<B>> = HashMap::new();
     for step in &p.plan.steps {
         let get = |port: Port| -> Result<&Value<B>, ExecError> {
