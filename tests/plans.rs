@@ -33,6 +33,22 @@ fn every_spec_compiles_and_matches_snapshot() {
     }
 }
 
+/// A run directory's `plan.ron` is what `canc resume` and `canc eval` read back: reading the
+/// canonical text must give the same plan, for every variant of every spec.
+#[test]
+fn plan_ron_reads_back_to_the_same_plan() {
+    for path in spec_files() {
+        let res = resolve_path(&path, &[]);
+        for p in &res.plans {
+            let back = canc_compiler::Plan::from_ron(&p.to_ron())
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(&back, p, "{}", path.display());
+        }
+    }
+    let bad = canc_compiler::Plan::from_ron("(format: 1, spec: ");
+    assert!(bad.is_err());
+}
+
 #[test]
 fn compiling_twice_gives_the_same_plan() {
     for path in spec_files() {

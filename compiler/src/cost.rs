@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 /// A parameter count, split by whether weight decay applies (matrices) or not (biases, norms,
 /// position embeddings, CLS and mask tokens).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Params {
     /// Weights that get weight decay.
     pub decay: u64,

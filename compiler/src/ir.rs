@@ -13,7 +13,7 @@ use serde::Serialize;
 use std::fmt;
 
 /// A distribution of a per-image random value (a noise level).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 pub enum Dist {
     /// Always this value.
     Const(f64),
@@ -37,7 +37,7 @@ impl fmt::Display for Dist {
 }
 
 /// Which patch positions a per-patch loss averages over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub enum Selection {
     /// Every position.
     All,
@@ -48,7 +48,7 @@ pub enum Selection {
 }
 
 /// How masked positions are drawn.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub enum MaskStrategy {
     /// Independent random positions (a random permutation per image).
     Random,
@@ -57,7 +57,7 @@ pub enum MaskStrategy {
 }
 
 /// How tokens become one embedding per image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub enum PoolMode {
     /// Mean of the patch tokens.
     Mean,
@@ -68,7 +68,7 @@ pub enum PoolMode {
 }
 
 /// The kind of a network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub enum NetKind {
     /// ViT encoder.
     Vit,
@@ -90,7 +90,7 @@ impl NetKind {
 }
 
 /// A typed operation. Inputs are the node's incoming edges, ordered by [`Port`].
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub enum Op {
     /// One augmented view of the batch's images (input `from`: an earlier view to augment).
     View {
@@ -250,6 +250,27 @@ impl Port {
     }
 }
 
+/// The keyword ports, so a deserialised `Port::Kw` can point at a `'static` name.
+const KEYWORD_PORTS: [&str; 5] = ["mask", "cond", "labels", "on", "from"];
+
+impl<'de> serde::Deserialize<'de> for Port {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        enum Raw {
+            Arg(u32),
+            Kw(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Arg(i) => Ok(Port::Arg(i)),
+            Raw::Kw(k) => KEYWORD_PORTS
+                .iter()
+                .find(|&&p| p == k)
+                .map(|&p| Port::Kw(p))
+                .ok_or_else(|| serde::de::Error::custom(format!("unknown port `{k}`"))),
+        }
+    }
+}
+
 impl fmt::Display for Port {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -260,7 +281,7 @@ impl fmt::Display for Port {
 }
 
 /// A tensor edge: the producer's output (`None` for its main output) into a port.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Edge {
     /// The input it feeds.
     pub port: Port,

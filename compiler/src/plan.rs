@@ -18,7 +18,7 @@ use serde::Serialize;
 pub const FORMAT: u32 = 1;
 
 /// A compiled, checked experiment: everything the runtime needs.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Plan {
     /// Plan format version.
     pub format: u32,
@@ -45,7 +45,7 @@ pub struct Plan {
 }
 
 /// The data set and what derives from it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct DataPlan {
     /// Source type (`fashion_mnist`, `image_folder`, …).
     pub source: String,
@@ -64,7 +64,7 @@ pub struct DataPlan {
 }
 
 /// One view's augmentation pipeline.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct ViewPlan {
     /// The view's name.
     pub name: String,
@@ -73,7 +73,7 @@ pub struct ViewPlan {
 }
 
 /// How a network's weights are updated.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub enum Role {
     /// By the optimizer.
     Trained,
@@ -93,7 +93,7 @@ pub enum Role {
 }
 
 /// One network: its configuration, role, input and size.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct NetworkPlan {
     /// Name.
     pub name: String,
@@ -110,7 +110,7 @@ pub struct NetworkPlan {
 }
 
 /// One input of a step: the port and the value name (`n1`, `n1.sigma`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct StepInput {
     /// Which input.
     pub port: Port,
@@ -119,7 +119,7 @@ pub struct StepInput {
 }
 
 /// One operation, in execution order.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Step {
     /// Value name it defines (`z1`, `z1/pool`).
     pub name: String,
@@ -138,7 +138,7 @@ pub struct Step {
 }
 
 /// The weighted objective.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Objective {
     /// `(node name, weight)` in declaration order.
     pub terms: Vec<(String, f64)>,
@@ -147,7 +147,7 @@ pub struct Objective {
 }
 
 /// Optimizer and schedule, with derived numbers.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct OptimPlan {
     /// `adamw` or `sgd`.
     pub optimizer: String,
@@ -408,6 +408,18 @@ impl Plan {
             .depth_limit(4)
             .struct_names(false);
         ron::ser::to_string_pretty(self, cfg).unwrap_or_else(|e| format!("/* RON error: {e} */"))
+    }
+
+    /// Reads a plan written by [`Plan::to_ron`] (a run directory's `plan.ron`).
+    pub fn from_ron(text: &str) -> Result<Plan, String> {
+        let plan: Plan = ron::from_str(text).map_err(|e| e.to_string())?;
+        if plan.format != FORMAT {
+            return Err(format!(
+                "plan format {} is not this canc's ({FORMAT}); recompile the spec",
+                plan.format
+            ));
+        }
+        Ok(plan)
     }
 
     /// The step defining `name`.

@@ -7,7 +7,7 @@ use indexmap::IndexMap;
 use serde::Serialize;
 
 /// A checked value.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub enum RValue {
     /// An integer.
     Int(i64),
@@ -61,7 +61,7 @@ impl RValue {
 }
 
 /// A checked block.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct RBlock {
     /// Block keyword.
     pub kind: String,
