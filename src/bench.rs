@@ -48,12 +48,7 @@ impl OnBackend for Measure<'_> {
 
     fn run<B: AutodiffBackend>(self, device: &B::Device) -> Self::Output {
         let mut program = Program::<B>::new(self.plan, device)?;
-        let opts = RunOptions {
-            steps: self.total,
-            batch: self.batch,
-            out: None,
-            log_every: 0,
-        };
+        let opts = RunOptions::new(self.total, self.batch);
         let mut trainer = Trainer::new(&program, self.ds, &opts)?;
         (0..self.total)
             .map(|s| trainer.step(&mut program, self.ds, s, device))

@@ -92,7 +92,8 @@ enum Command {
     Run {
         #[command(flatten)]
         input: SpecArgs,
-        /// Run directory (default: runs/<spec>[-<variant>][-smoke]).
+        /// Run directory (default: runs/<spec>[-<variant>][-smoke]-<run key>). An existing
+        /// directory of the same run is resumed; one of another run is refused with the diff.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
         /// Data location, overriding the spec's `data.path`.
@@ -107,9 +108,71 @@ enum Command {
         /// Epochs to run.
         #[arg(long)]
         epochs: Option<u64>,
-        /// A quick end-to-end check: 256 images, batch 32, 30 steps, 3 warm-up steps.
+        /// A quick end-to-end check: 256 images, batch 32, 30 steps, 3 warm-up steps, a
+        /// checkpoint every 10 steps, then a reload of the checkpoint at step 20 that must
+        /// reproduce the last 10 steps exactly.
         #[arg(long)]
         smoke: bool,
+    },
+    /// Continue a run from its latest checkpoint (exactly: same data order, augmentations,
+    /// masks and noise as an uninterrupted run).
+    Resume {
+        /// The run directory.
+        run_dir: PathBuf,
+        /// `cpu`, `cuda` or `cuda:N`.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Resume from the checkpoint after this many steps instead of the newest (later
+        /// checkpoints are removed).
+        #[arg(long, value_name = "STEP")]
+        from: Option<u64>,
+    },
+    /// Write a trained network's weights (latest checkpoint) for use outside canc.
+    Export {
+        /// The run directory.
+        run_dir: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ExportFormat::Safetensors)]
+        format: ExportFormat,
+        /// The network (default: the eval block's encoder, else the first ViT).
+        #[arg(long)]
+        network: Option<String>,
+        /// Output file (default: RUN_DIR/export/<network>.safetensors; the architecture JSON
+        /// goes beside it).
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Evaluate a run's encoder (latest checkpoint), or a baseline of a spec, with the pinned
+    /// kNN and linear-probe protocols; writes DIR/eval/<protocol>.json.
+    Eval {
+        /// The run directory; with --baseline, the spec file.
+        target: PathBuf,
+        /// Protocols to run.
+        #[arg(long, value_enum, default_value_t = crate::eval::Protocol::All)]
+        protocol: crate::eval::Protocol,
+        /// Evaluate a baseline of the spec TARGET instead of a run: raw pixels, or the
+        /// randomly initialised encoder.
+        #[arg(long, value_enum)]
+        baseline: Option<crate::eval::BaselineArg>,
+        /// Override a value of the baseline's spec.
+        #[arg(long = "set", value_name = "KEY=VALUE", requires = "baseline")]
+        overrides: Vec<String>,
+        /// The baseline spec's sweep variant.
+        #[arg(long, requires = "baseline")]
+        variant: Option<String>,
+        /// `cpu`, `cuda` or `cuda:N` (feature extraction).
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Keep the first N images of each split (quick checks).
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Data location, overriding the plan's `data.path`.
+        #[arg(long, value_name = "PATH")]
+        data: Option<PathBuf>,
+        /// Results directory (default: the run directory; runs/baseline-<kind>-<spec> for a
+        /// baseline).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
     /// Time training steps: images/s, ms per step by phase, achieved FLOP/s.
     Bench {
@@ -209,6 +272,13 @@ enum GraphFormat {
     Mermaid,
     /// SVG, rendered by Graphviz's `dot` (must be installed).
     Svg,
+}
+
+/// `canc export` formats.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum ExportFormat {
+    /// safetensors (f32), with the architecture as JSON metadata and in a `.json` beside it.
+    Safetensors,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -323,13 +393,69 @@ pub fn main() -> ExitCode {
             crate::run::run(crate::run::RunArgs {
                 spec: input.spec.clone(),
                 plan: res.plans[i].clone(),
-                resolved_ron: spec.to_ron(),
-                out: out.unwrap_or_else(|| PathBuf::from("runs").join(name)),
+                resolved: spec.clone(),
+                name,
+                out,
                 data,
                 device,
                 steps,
                 epochs,
                 smoke,
+            })
+        }
+        Command::Resume {
+            run_dir,
+            device,
+            from,
+        } => match device_arg(&device) {
+            Ok(d) => crate::run::resume(run_dir, d, from),
+            Err(code) => code,
+        },
+        Command::Export {
+            run_dir,
+            format: ExportFormat::Safetensors,
+            network,
+            output,
+        } => crate::export::export(&run_dir, network, output),
+        Command::Eval {
+            target,
+            protocol,
+            baseline,
+            overrides,
+            variant,
+            device,
+            limit,
+            data,
+            out,
+        } => {
+            let device = match device_arg(&device) {
+                Ok(d) => d,
+                Err(code) => return code,
+            };
+            let source = match baseline {
+                None => crate::eval::Source::Run(target),
+                Some(kind) => {
+                    let input = SpecArgs {
+                        spec: target,
+                        overrides,
+                        variant,
+                        message_format: MessageFormat::Human,
+                    };
+                    let (res, chosen) = match load(&input, color) {
+                        Ok(x) => x,
+                        Err(code) => return code,
+                    };
+                    let plan = Box::new(res.plans[chosen[0]].clone());
+                    crate::eval::Source::Baseline(kind, plan)
+                }
+            };
+            crate::eval::eval(crate::eval::EvalArgs {
+                source,
+                protocol,
+                device,
+                limit,
+                data,
+                out,
             })
         }
         Command::Graph {

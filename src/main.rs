@@ -2,6 +2,11 @@
 
 mod bench;
 mod cli;
+mod eval;
+mod export;
+mod monitor;
+mod plot;
+mod progress;
 mod run;
 
 fn main() -> std::process::ExitCode {

@@ -39,6 +39,11 @@ fn every_spec_compiles_and_matches_snapshot() {
 fn plan_ron_reads_back_to_the_same_plan() {
     for path in spec_files() {
         let res = resolve_path(&path, &[]);
+        for r in &res.variants {
+            let back = canc_compiler::resolved::ResolvedSpec::from_ron(&r.to_ron())
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(back.to_ron(), r.to_ron(), "{}", path.display());
+        }
         for p in &res.plans {
             let back = canc_compiler::Plan::from_ron(&p.to_ron())
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));

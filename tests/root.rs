@@ -9,4 +9,5 @@ mod explain;
 mod overrides;
 mod plans;
 mod robustness;
+mod runs;
 mod specs;

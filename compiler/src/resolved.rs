@@ -97,7 +97,7 @@ pub enum Provenance {
 }
 
 /// A fully resolved, checked spec (one variant of a sweep).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct ResolvedSpec {
     /// Spec name (the root file's stem).
     pub name: String,
@@ -137,5 +137,11 @@ impl ResolvedSpec {
             .indentor("  ".to_string())
             .struct_names(false);
         ron::ser::to_string_pretty(self, cfg).unwrap_or_else(|e| format!("/* RON error: {e} */"))
+    }
+
+    /// Reads the canonical RON text (a run directory's `resolved.ron`); provenance and spans,
+    /// which the text does not carry, come back empty.
+    pub fn from_ron(text: &str) -> Result<ResolvedSpec, String> {
+        ron::from_str(text).map_err(|e| e.to_string())
     }
 }

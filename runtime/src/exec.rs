@@ -545,25 +545,44 @@ pub fn step_rng(seed: u64, step: u64) -> StdRng {
     StdRng::seed_from_u64(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5EED)
 }
 
+/// Every float parameter of `module` with its dotted path (`nets.0.Vit.blocks.1.attn.qkv.weight`:
+/// fields, enum variants and vector indices), its id and its shape, in visiting order.
+pub fn named_params<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, ParamId, Vec<usize>)> {
+    struct V {
+        path: Vec<String>,
+        out: Vec<(String, ParamId, Vec<usize>)>,
+    }
+    impl<B: Backend> ModuleVisitor<B> for V {
+        fn enter_module(&mut self, name: &str, _container: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let shape = param.val().dims().to_vec();
+            self.out.push((self.path.join("."), param.id, shape));
+        }
+    }
+    let mut v = V {
+        path: Vec::new(),
+        out: Vec::new(),
+    };
+    module.visit(&mut v);
+    v.out
+}
+
 /// The ids of parameters that get no weight decay: rank ≤ 1 (biases, norms, tokens) and
 /// position/CLS/mask tokens, the usual rule (timm, MAE).
 pub fn no_decay_ids<B: Backend, M: Module<B>>(module: &M) -> Vec<ParamId> {
-    struct V(Vec<ParamId>);
-    impl<B: Backend> ModuleVisitor<B> for V {
-        fn visit_float_with_path<const D: usize>(
-            &mut self,
-            path: &[String],
-            id: ParamId,
-            _t: &Tensor<B, D>,
-        ) {
-            let name = path.join(".");
-            if D <= 1 || name.contains("pos") || name.contains("cls") || name.contains("mask_token")
-            {
-                self.0.push(id);
-            }
-        }
-    }
-    let mut v = V(Vec::new());
-    module.visit(&mut v);
-    v.0
+    named_params::<B, M>(module)
+        .into_iter()
+        .filter(|(name, _, shape)| {
+            shape.len() <= 1
+                || name.contains("pos")
+                || name.contains("cls")
+                || name.contains("mask_token")
+        })
+        .map(|(_, id, _)| id)
+        .collect()
 }

@@ -7,7 +7,9 @@
 //! ```
 
 pub mod backend;
+pub mod checkpoint;
 pub mod data;
+pub mod eval;
 pub mod exec;
 pub mod loss;
 pub mod nn;

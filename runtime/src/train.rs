@@ -19,8 +19,10 @@ use canc_compiler::plan::Plan;
 use canc_compiler::resolved::RValue;
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::PathBuf;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 /// Errors of a training run.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +46,9 @@ pub enum TrainError {
     /// Writing metrics failed.
     #[error("cannot write `{0}`: {1}")]
     Io(PathBuf, std::io::Error),
+    /// A checkpoint could not be written or read.
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
     /// The data set has fewer images than one batch.
     #[error("the data set has {images} images, fewer than one batch of {batch}")]
     TooFewImages {
@@ -57,7 +62,7 @@ pub enum TrainError {
 /// Options of one run.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    /// Optimizer steps to run.
+    /// Optimizer steps of the whole run (the schedule's length).
     pub steps: u64,
     /// Images per step.
     pub batch: usize,
@@ -65,7 +70,82 @@ pub struct RunOptions {
     pub out: Option<PathBuf>,
     /// Print a line every this many steps (0: never).
     pub log_every: u64,
+    /// The first step to run (after a resume: the checkpoint's step).
+    pub start: u64,
+    /// Checkpointing, if any (needs `out`).
+    pub checkpoint: Option<Checkpointing>,
+    /// Set (by a Ctrl-C handler) to stop after the current step, with a checkpoint.
+    pub stop: Option<Arc<AtomicBool>>,
+    /// Stop, with a checkpoint, after this much wall time.
+    pub time_limit: Option<Duration>,
 }
+
+impl RunOptions {
+    /// `steps` steps of `batch` images from step 0, no files, no checkpoints.
+    pub fn new(steps: u64, batch: usize) -> Self {
+        RunOptions {
+            steps,
+            batch,
+            out: None,
+            log_every: 0,
+            start: 0,
+            checkpoint: None,
+            stop: None,
+            time_limit: None,
+        }
+    }
+}
+
+/// When and how checkpoints are written.
+#[derive(Debug, Clone)]
+pub struct Checkpointing {
+    /// Every this many steps (and at the end, on a stop, at the time limit).
+    pub every: u64,
+    /// Checkpoints kept (the newest).
+    pub keep: usize,
+    /// The run key recorded in each checkpoint and checked on resume.
+    pub run_key: String,
+}
+
+/// How a run ended (errors aside).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Every step ran.
+    Finished,
+    /// The stop flag was set (Ctrl-C); a checkpoint was written if checkpointing is on.
+    Interrupted,
+    /// `time_limit` passed; a checkpoint was written if checkpointing is on.
+    TimeLimit,
+}
+
+/// What a run produced.
+#[derive(Debug)]
+pub struct RunEnd {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The logs of the steps run (from `start`).
+    pub logs: Vec<StepLog>,
+    /// The newest checkpoint written by this run, if any.
+    pub checkpoint: Option<PathBuf>,
+}
+
+/// Hooks the caller gets during a run (progress display, evaluation monitors, plots).
+pub trait Observer<B: AutodiffBackend> {
+    /// After each step, once its metrics line is written.
+    fn on_step(&mut self, _log: &StepLog) {}
+    /// After the last step of each epoch, before its metrics line is written: extra metrics
+    /// (name, value) to add to that line, such as an online kNN accuracy.
+    fn on_epoch_end(&mut self, _epoch: u64, _program: &Program<B>) -> Vec<(String, f64)> {
+        Vec::new()
+    }
+    /// After a checkpoint is written.
+    fn on_checkpoint(&mut self, _step: u64, _dir: &Path) {}
+}
+
+/// An observer that does nothing.
+pub struct Quiet;
+
+impl<B: AutodiffBackend> Observer<B> for Quiet {}
 
 /// What one step measured.
 #[derive(Debug, Clone)]
@@ -82,6 +162,8 @@ pub struct StepLog {
     pub seconds: f64,
     /// Where the time went.
     pub phases: Phases,
+    /// Further metrics of this step (epoch-end monitors such as `knn`).
+    pub extra: Vec<(String, f64)>,
 }
 
 type Adam<B> = OptimizerAdaptor<AdamW, exec::Nets<B>, B>;
@@ -111,6 +193,43 @@ impl<B: AutodiffBackend> Opt<B> {
                 let m = a.step(lr, model, decay);
                 b.step(lr, m, plain)
             }
+        }
+    }
+}
+
+/// The state of both optimizer groups, as one record: the AdamW pair or the SGD pair.
+pub type OptRecord<B> = (
+    Option<<Adam<B> as Optimizer<exec::Nets<B>, B>>::Record>,
+    Option<<Adam<B> as Optimizer<exec::Nets<B>, B>>::Record>,
+    Option<<Sgd_<B> as Optimizer<exec::Nets<B>, B>>::Record>,
+    Option<<Sgd_<B> as Optimizer<exec::Nets<B>, B>>::Record>,
+);
+
+impl<B: AutodiffBackend> Opt<B> {
+    /// A stand-in while the real optimizer is moved out (holds no state).
+    fn placeholder() -> Self {
+        Opt::Sgd(
+            SgdConfig::new().init::<B, exec::Nets<B>>(),
+            SgdConfig::new().init::<B, exec::Nets<B>>(),
+        )
+    }
+
+    fn record(&self) -> OptRecord<B> {
+        match self {
+            Opt::AdamW(a, b) => (Some(a.to_record()), Some(b.to_record()), None, None),
+            Opt::Sgd(a, b) => (None, None, Some(a.to_record()), Some(b.to_record())),
+        }
+    }
+
+    fn load(self, r: OptRecord<B>) -> Result<Self, String> {
+        match (self, r) {
+            (Opt::AdamW(a, b), (Some(ra), Some(rb), None, None)) => {
+                Ok(Opt::AdamW(a.load_record(ra), b.load_record(rb)))
+            }
+            (Opt::Sgd(a, b), (None, None, Some(ra), Some(rb))) => {
+                Ok(Opt::Sgd(a.load_record(ra), b.load_record(rb)))
+            }
+            _ => Err("the checkpoint's optimizer is not the plan's".into()),
         }
     }
 }
@@ -197,29 +316,121 @@ pub fn train<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<Vec<StepLog>, TrainError> {
     let mut trainer = Trainer::new(program, ds, opts)?;
+    Ok(run(&mut trainer, program, ds, opts, device, &mut Quiet)?.logs)
+}
+
+/// Opens `dir/metrics.jsonl` for a run starting at `start`: created afresh at step 0; on a
+/// resume, the lines of steps at or after `start` (written after the checkpoint, before the
+/// interruption) are dropped, as is a partial last line, so the file reads as one run.
+fn open_metrics(dir: &Path, start: u64) -> Result<(std::fs::File, PathBuf), TrainError> {
+    std::fs::create_dir_all(dir).map_err(|e| TrainError::Io(dir.to_path_buf(), e))?;
+    let p = dir.join("metrics.jsonl");
+    let err = |e| TrainError::Io(p.clone(), e);
+    if start > 0 {
+        let old = std::fs::read_to_string(&p).unwrap_or_default();
+        let kept: String = old
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v.get("step").and_then(serde_json::Value::as_u64))
+                    .is_some_and(|s| s < start)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        crate::checkpoint::write_atomic(&p, kept.as_bytes())?;
+        let f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .map_err(err)?;
+        return Ok((f, p));
+    }
+    let f = std::fs::File::create(&p).map_err(err)?;
+    Ok((f, p))
+}
+
+/// Runs steps `opts.start..opts.steps` of `trainer` on `program`: metrics lines, epoch-end
+/// hooks, checkpoints every `opts.checkpoint.every` steps and at the end, and a clean stop (with
+/// a checkpoint) when `opts.stop` is set or `opts.time_limit` passes. A non-finite loss returns
+/// [`TrainError::NonFinite`] before the optimizer touches the weights, so the last checkpoint
+/// stays the last good state.
+pub fn run<B: AutodiffBackend>(
+    trainer: &mut Trainer<B>,
+    program: &mut Program<B>,
+    ds: &Dataset,
+    opts: &RunOptions,
+    device: &B::Device,
+    observer: &mut dyn Observer<B>,
+) -> Result<RunEnd, TrainError> {
+    let began = Instant::now();
     let mut metrics = match &opts.out {
-        Some(dir) => {
-            std::fs::create_dir_all(dir).map_err(|e| TrainError::Io(dir.clone(), e))?;
-            let p = dir.join("metrics.jsonl");
-            Some((
-                std::fs::File::create(&p).map_err(|e| TrainError::Io(p.clone(), e))?,
-                p,
-            ))
-        }
+        Some(dir) => Some(open_metrics(dir, opts.start)?),
         None => None,
     };
+    let ckpt = match (&opts.checkpoint, &opts.out) {
+        (Some(c), Some(dir)) => Some((c, dir)),
+        _ => None,
+    };
     let mut logs = Vec::new();
-    for step in 0..opts.steps {
-        let log = trainer.step(program, ds, step, device)?;
+    let mut last_ckpt = None;
+    let mut outcome = Outcome::Finished;
+    for step in opts.start..opts.steps {
+        let mut log = trainer.step(program, ds, step, device)?;
+        if (step + 1) % trainer.per_epoch == 0 {
+            log.extra = observer.on_epoch_end((step + 1) / trainer.per_epoch - 1, program);
+        }
         if let Some((file, path)) = &mut metrics {
             writeln!(file, "{}", log.to_json()).map_err(|e| TrainError::Io(path.clone(), e))?;
         }
         if opts.log_every > 0 && (step % opts.log_every == 0 || step + 1 == opts.steps) {
             eprintln!("{}", log.line());
         }
+        observer.on_step(&log);
+        let done = step + 1;
+        if opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
+            outcome = Outcome::Interrupted;
+        } else if opts.time_limit.is_some_and(|t| began.elapsed() >= t) {
+            outcome = Outcome::TimeLimit;
+        }
+        let stopping = outcome != Outcome::Finished;
+        let loss = log.loss;
         logs.push(log);
+        if let Some((c, dir)) = ckpt
+            && (done % c.every.max(1) == 0 || done == opts.steps || stopping)
+        {
+            if let Some((file, path)) = &mut metrics {
+                file.sync_data()
+                    .map_err(|e| TrainError::Io(path.clone(), e))?;
+            }
+            if let Some(name) = first_non_finite_param(program) {
+                return Err(TrainError::NonFinite {
+                    step,
+                    term: format!("parameter `{name}` after the update"),
+                    value: f64::NAN,
+                });
+            }
+            let files = crate::checkpoint::encode(program, trainer.optimizer_record())?;
+            let d = crate::checkpoint::save(
+                dir,
+                done,
+                opts.steps,
+                &c.run_key,
+                Some(loss),
+                files,
+                c.keep,
+            )?;
+            observer.on_checkpoint(done, &d);
+            last_ckpt = Some(d);
+        }
+        if stopping {
+            break;
+        }
     }
-    Ok(logs)
+    Ok(RunEnd {
+        outcome,
+        logs,
+        checkpoint: last_ckpt,
+    })
 }
 
 impl StepLog {
@@ -235,6 +446,9 @@ impl StepLog {
         obj.insert("seconds".into(), self.seconds.into());
         for (k, v) in self.phases.named() {
             obj.insert(format!("{k}_s"), v.into());
+        }
+        for (k, v) in &self.extra {
+            obj.insert(k.clone(), (*v).into());
         }
         serde_json::Value::Object(obj)
     }
@@ -340,6 +554,36 @@ impl<B: AutodiffBackend> Trainer<B> {
         })
     }
 
+    /// The optimizer state of both parameter groups, for a checkpoint.
+    pub fn optimizer_record(&self) -> OptRecord<B> {
+        self.opt.record()
+    }
+
+    /// Continues from checkpoint `ck`: loads its networks and EMA teachers into `program`, its
+    /// optimizer state into this trainer, and re-derives the parameter groups (loading gives the
+    /// parameters the checkpoint's ids). Returns the step to start from.
+    pub fn restore(
+        &mut self,
+        program: &mut Program<B>,
+        ck: &crate::checkpoint::Checkpoint,
+    ) -> Result<u64, crate::checkpoint::CheckpointError> {
+        let rec = ck.restore::<B, OptRecord<B>>(program)?;
+        let opt = std::mem::replace(&mut self.opt, Opt::placeholder());
+        self.opt = opt
+            .load(rec)
+            .map_err(|why| crate::checkpoint::CheckpointError::Corrupt {
+                dir: ck.dir.clone(),
+                why,
+            })?;
+        self.no_decay = exec::no_decay_ids::<B, _>(&program.model);
+        Ok(ck.state.step)
+    }
+
+    /// Optimizer steps per epoch.
+    pub fn steps_per_epoch(&self) -> u64 {
+        self.per_epoch
+    }
+
     /// Runs optimizer step `step`: `accum` micro-batches forward and backward, gradient
     /// clipping, the optimizer on both parameter groups, the EMA update.
     pub fn step(
@@ -435,8 +679,46 @@ impl<B: AutodiffBackend> Trainer<B> {
             lr,
             seconds: t0.elapsed().as_secs_f64(),
             phases: ph,
+            extra: Vec::new(),
         })
     }
+}
+
+/// The path of the first trainable parameter holding a NaN or infinity, if any: a checkpoint is
+/// only written of finite weights.
+fn first_non_finite_param<B: AutodiffBackend>(program: &Program<B>) -> Option<String> {
+    struct V {
+        path: Vec<String>,
+        bad: Option<String>,
+    }
+    impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for V {
+        fn enter_module(&mut self, name: &str, _c: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _c: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+            if self.bad.is_none() {
+                let finite = param
+                    .val()
+                    .inner()
+                    .is_finite()
+                    .bool_not()
+                    .any()
+                    .into_scalar();
+                if finite.elem::<bool>() {
+                    self.bad = Some(self.path.join("."));
+                }
+            }
+        }
+    }
+    let mut v = V {
+        path: Vec::new(),
+        bad: None,
+    };
+    program.model.visit(&mut v);
+    v.bad
 }
 
 /// Scales every gradient by `min(1, max / ‖g‖)`, `‖g‖` the global L2 norm over all parameters

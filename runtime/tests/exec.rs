@@ -49,12 +49,7 @@ fn losses(plan: canc_compiler::Plan, steps: u64) -> (Program<CpuTrain>, Vec<f64>
     let ds = data::load(&plan.data, None).expect("Fashion-MNIST installed");
     let device = Default::default();
     let mut program = Program::<CpuTrain>::new(plan, &device).expect("builds");
-    let opts = RunOptions {
-        steps,
-        batch: 16,
-        out: None,
-        log_every: 0,
-    };
+    let opts = RunOptions::new(steps, 16);
     let logs = train(&mut program, &ds, &opts, &device).expect("trains");
     (program, logs.iter().map(|l| l.loss).collect())
 }
@@ -77,12 +72,7 @@ fn ema_teacher_follows_its_source_by_momentum_only() {
         teacher0, source0,
         "a teacher starts as a copy of its source"
     );
-    let opts = RunOptions {
-        steps: 4,
-        batch: 16,
-        out: None,
-        log_every: 0,
-    };
+    let opts = RunOptions::new(4, 16);
     let mut trainer = Trainer::new(&program, &ds, &opts).expect("trainer");
     trainer.step(&mut program, &ds, 0, &device).expect("step");
     let source1 = flat::<Cpu, _>(&program.model.nets[src].valid());
@@ -244,12 +234,7 @@ fn gradient_clipping_bounds_the_update() {
         let device = Default::default();
         let mut program = Program::<CpuTrain>::new(plan, &device).expect("builds");
         let before = flat::<CpuTrain, _>(&program.model);
-        let opts = RunOptions {
-            steps: 1,
-            batch: 16,
-            out: None,
-            log_every: 0,
-        };
+        let opts = RunOptions::new(1, 16);
         train(&mut program, &ds, &opts, &device).expect("trains");
         let after = flat::<CpuTrain, _>(&program.model);
         before
@@ -268,4 +253,31 @@ fn gradient_clipping_bounds_the_update() {
         clipped < 1e-4,
         "a clipped step barely moves them: {clipped}"
     );
+}
+
+#[test]
+fn weight_decay_skips_exactly_biases_norms_and_tokens() {
+    // The compiler's split (`params.no_decay`) counts biases, norm weights, CLS/mask tokens and
+    // position tables; the trainer's no-decay group must hold exactly those elements.
+    for spec in ["can", "mae"] {
+        let plan = small(spec, &["network.encoder.pos=learned"]);
+        let want: u64 = plan.networks.iter().map(|n| n.params.no_decay).sum();
+        let device = Default::default();
+        let program = Program::<CpuTrain>::new(plan, &device).expect("builds");
+        let ids = canc_runtime::exec::no_decay_ids::<CpuTrain, _>(&program.model);
+        let named = canc_runtime::exec::named_params::<CpuTrain, _>(&program.model);
+        let got: usize = named
+            .iter()
+            .filter(|(_, id, _)| ids.contains(id))
+            .map(|(_, _, shape)| shape.iter().product::<usize>())
+            .sum();
+        assert_eq!(got as u64, want, "{spec}");
+        assert!(
+            named
+                .iter()
+                .any(|(n, _, _)| n.contains("blocks.0") && n.ends_with("weight")),
+            "{spec}: paths name fields and indices: {:?}",
+            named.iter().take(3).collect::<Vec<_>>()
+        );
+    }
 }

@@ -47,12 +47,7 @@ fn trains(spec: &str, extra: &[&str]) {
     let ds = data::load(&plan.data, None).expect("Fashion-MNIST is installed");
     let device = Default::default();
     let mut program = Program::<CpuTrain>::new(plan, &device).expect("builds");
-    let opts = RunOptions {
-        steps: total,
-        batch: 32,
-        out: None,
-        log_every: 0,
-    };
+    let opts = RunOptions::new(total, 32);
     let logs = train(&mut program, &ds, &opts, &device).expect("trains");
     assert_eq!(logs.len(), 30);
     for l in &logs {

@@ -15,6 +15,7 @@ pub mod batch;
 pub mod cifar;
 pub mod folder;
 pub mod idx;
+pub mod prefetch;
 
 use std::path::{Path, PathBuf};
 
