@@ -1,6 +1,7 @@
 //! The training loop: batches from the data pipeline, the plan's forward pass, backward,
 //! AdamW with the plan's parameter groups and schedule, EMA updates, metrics.
 
+use crate::data::prefetch::{BatchPlan, StepBatches, prefetch};
 use crate::data::{self, Dataset};
 use crate::exec::{self, Batch, ExecError, Program};
 use crate::schedule::{LrSchedule, ema_momentum};
@@ -78,6 +79,8 @@ pub struct RunOptions {
     pub stop: Option<Arc<AtomicBool>>,
     /// Stop, with a checkpoint, after this much wall time.
     pub time_limit: Option<Duration>,
+    /// Steps of batches a background thread prepares ahead (0: built inline).
+    pub prefetch: usize,
 }
 
 impl RunOptions {
@@ -92,6 +95,7 @@ impl RunOptions {
             checkpoint: None,
             stop: None,
             time_limit: None,
+            prefetch: 2,
         }
     }
 }
@@ -374,58 +378,64 @@ pub fn run<B: AutodiffBackend>(
     let mut logs = Vec::new();
     let mut last_ckpt = None;
     let mut outcome = Outcome::Finished;
-    for step in opts.start..opts.steps {
-        let mut log = trainer.step(program, ds, step, device)?;
-        if (step + 1) % trainer.per_epoch == 0 {
-            log.extra = observer.on_epoch_end((step + 1) / trainer.per_epoch - 1, program);
-        }
-        if let Some((file, path)) = &mut metrics {
-            writeln!(file, "{}", log.to_json()).map_err(|e| TrainError::Io(path.clone(), e))?;
-        }
-        if opts.log_every > 0 && (step % opts.log_every == 0 || step + 1 == opts.steps) {
-            eprintln!("{}", log.line());
-        }
-        observer.on_step(&log);
-        let done = step + 1;
-        if opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
-            outcome = Outcome::Interrupted;
-        } else if opts.time_limit.is_some_and(|t| began.elapsed() >= t) {
-            outcome = Outcome::TimeLimit;
-        }
-        let stopping = outcome != Outcome::Finished;
-        let loss = log.loss;
-        logs.push(log);
-        if let Some((c, dir)) = ckpt
-            && (done % c.every.max(1) == 0 || done == opts.steps || stopping)
-        {
+    let bp = trainer.batches.clone();
+    prefetch(ds, &bp, opts.start..opts.steps, opts.prefetch, |queue| {
+        while let Some((batches, wait)) = queue.next_timed() {
+            let batches = batches?;
+            let step = batches.step;
+            let mut log = trainer.step_with(program, batches, wait, device)?;
+            if (step + 1) % trainer.per_epoch == 0 {
+                log.extra = observer.on_epoch_end((step + 1) / trainer.per_epoch - 1, program);
+            }
             if let Some((file, path)) = &mut metrics {
-                file.sync_data()
-                    .map_err(|e| TrainError::Io(path.clone(), e))?;
+                writeln!(file, "{}", log.to_json()).map_err(|e| TrainError::Io(path.clone(), e))?;
             }
-            if let Some(name) = first_non_finite_param(program) {
-                return Err(TrainError::NonFinite {
-                    step,
-                    term: format!("parameter `{name}` after the update"),
-                    value: f64::NAN,
-                });
+            if opts.log_every > 0 && (step % opts.log_every == 0 || step + 1 == opts.steps) {
+                eprintln!("{}", log.line());
             }
-            let files = crate::checkpoint::encode(program, trainer.optimizer_record())?;
-            let d = crate::checkpoint::save(
-                dir,
-                done,
-                opts.steps,
-                &c.run_key,
-                Some(loss),
-                files,
-                c.keep,
-            )?;
-            observer.on_checkpoint(done, &d);
-            last_ckpt = Some(d);
+            observer.on_step(&log);
+            let done = step + 1;
+            if opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
+                outcome = Outcome::Interrupted;
+            } else if opts.time_limit.is_some_and(|t| began.elapsed() >= t) {
+                outcome = Outcome::TimeLimit;
+            }
+            let stopping = outcome != Outcome::Finished;
+            let loss = log.loss;
+            logs.push(log);
+            if let Some((c, dir)) = ckpt
+                && (done % c.every.max(1) == 0 || done == opts.steps || stopping)
+            {
+                if let Some((file, path)) = &mut metrics {
+                    file.sync_data()
+                        .map_err(|e| TrainError::Io(path.clone(), e))?;
+                }
+                if let Some(name) = first_non_finite_param(program) {
+                    return Err(TrainError::NonFinite {
+                        step,
+                        term: format!("parameter `{name}` after the update"),
+                        value: f64::NAN,
+                    });
+                }
+                let files = crate::checkpoint::encode(program, trainer.optimizer_record())?;
+                let d = crate::checkpoint::save(
+                    dir,
+                    done,
+                    opts.steps,
+                    &c.run_key,
+                    Some(loss),
+                    files,
+                    c.keep,
+                )?;
+                observer.on_checkpoint(done, &d);
+                last_ckpt = Some(d);
+            }
+            if stopping {
+                break;
+            }
         }
-        if stopping {
-            break;
-        }
-    }
+        Ok::<(), TrainError>(())
+    })?;
     Ok(RunEnd {
         outcome,
         logs,
@@ -496,21 +506,18 @@ impl Phases {
     }
 }
 
-/// The state of a run between steps: optimizer, schedule, data order.
+/// The state of a run between steps: optimizer, schedule, how batches are cut.
 pub struct Trainer<B: AutodiffBackend> {
     opt: Opt<B>,
     no_decay: Vec<burn::module::ParamId>,
     sched: LrSchedule,
-    views: Vec<(String, String, Option<String>)>,
+    batches: BatchPlan,
     seed: u64,
     per_epoch: u64,
-    batch: usize,
     accum: usize,
     clip: Option<f64>,
     total: u64,
     roles: HashMap<String, canc_compiler::plan::Role>,
-    order: Vec<usize>,
-    epoch: Option<u64>,
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
@@ -529,19 +536,20 @@ impl<B: AutodiffBackend> Trainer<B> {
             .and_then(RValue::as_i64)
             .unwrap_or(1)
             .max(1) as usize;
+        let accum = if opts.batch.is_multiple_of(accum) {
+            accum
+        } else {
+            1
+        };
+        let per_epoch = (ds.n / opts.batch) as u64;
         Ok(Trainer {
             opt: optimizers::<B>(plan),
             no_decay: exec::no_decay_ids::<B, _>(&program.model),
             sched: LrSchedule::from_plan(&plan.optim, opts.steps),
-            views: view_steps(plan),
+            batches: BatchPlan::from_plan(plan, opts.batch, accum, per_epoch),
             seed: plan.train.get("seed").and_then(RValue::as_i64).unwrap_or(0) as u64,
-            per_epoch: (ds.n / opts.batch) as u64,
-            batch: opts.batch,
-            accum: if opts.batch.is_multiple_of(accum) {
-                accum
-            } else {
-                1
-            },
+            per_epoch,
+            accum,
             clip: plan.optim.config.get("clip_grad").and_then(RValue::as_f64),
             total: opts.steps,
             roles: plan
@@ -549,8 +557,6 @@ impl<B: AutodiffBackend> Trainer<B> {
                 .iter()
                 .map(|n| (n.name.clone(), n.role.clone()))
                 .collect(),
-            order: Vec::new(),
-            epoch: None,
         })
     }
 
@@ -584,8 +590,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.per_epoch
     }
 
-    /// Runs optimizer step `step`: `accum` micro-batches forward and backward, gradient
-    /// clipping, the optimizer on both parameter groups, the EMA update.
+    /// Runs optimizer step `step`, building its batches inline: see [`Trainer::step_with`].
     pub fn step(
         &mut self,
         program: &mut Program<B>,
@@ -593,31 +598,34 @@ impl<B: AutodiffBackend> Trainer<B> {
         step: u64,
         device: &B::Device,
     ) -> Result<StepLog, TrainError> {
+        let t = Instant::now();
+        let batches = self.batches.step(ds, step)?;
+        let built = t.elapsed().as_secs_f64();
+        self.step_with(program, batches, built, device)
+    }
+
+    /// Runs one optimizer step on `batches` (its `accum` micro-batches): forward and backward of
+    /// each, gradient clipping, the optimizer on both parameter groups, the EMA update. `wait`
+    /// is the time spent waiting for the batches, reported as the data phase.
+    pub fn step_with(
+        &mut self,
+        program: &mut Program<B>,
+        batches: StepBatches,
+        wait: f64,
+        device: &B::Device,
+    ) -> Result<StepLog, TrainError> {
         let t0 = Instant::now();
-        let mut ph = Phases::default();
-        let epoch = step / self.per_epoch;
-        let within = (step % self.per_epoch) as usize;
-        if self.epoch != Some(epoch) {
-            self.order = data::epoch_order(ds.n, self.seed, epoch);
-            self.epoch = Some(epoch);
-        }
-        let idx = &self.order[within * self.batch..(within + 1) * self.batch];
-        let micro = self.batch / self.accum;
+        let step = batches.step;
+        let mut ph = Phases {
+            data: wait,
+            ..Phases::default()
+        };
         let mut rng = exec::step_rng(self.seed, step);
         let mut acc = GradientsAccumulator::<exec::Nets<B>>::new();
         let mut loss = 0.0;
         let mut terms: Vec<(String, f64)> = Vec::new();
-        for chunk in idx.chunks(micro) {
+        for b in batches.micro {
             let t = Instant::now();
-            let b = data::make_batch(
-                ds,
-                chunk,
-                &program.plan.views,
-                &self.views,
-                self.seed,
-                epoch,
-                step,
-            )?;
             let batch = to_tensors::<B>(b, device);
             ph.data += t.elapsed().as_secs_f64();
             let t = Instant::now();
@@ -677,7 +685,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             loss,
             terms,
             lr,
-            seconds: t0.elapsed().as_secs_f64(),
+            seconds: t0.elapsed().as_secs_f64() + wait,
             phases: ph,
             extra: Vec::new(),
         })
