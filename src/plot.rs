@@ -85,15 +85,42 @@ fn is_curve(key: &str) -> bool {
     !matches!(key, "step" | "lr" | "seconds") && !key.ends_with("_s")
 }
 
+/// A JSON object's fields in file order (`serde_json::Map` sorts them).
+struct Fields(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for Fields {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Fields;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Fields, A::Error> {
+                let mut v = Vec::new();
+                while let Some(kv) = a.next_entry()? {
+                    v.push(kv);
+                }
+                Ok(Fields(v))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
 /// Parses metrics lines, skipping those that are not a JSON object with a numeric `step`,
 /// and non-numeric or non-finite values.
 pub fn parse_metrics(text: &str) -> Metrics {
     let mut m = Metrics::default();
     for line in text.lines() {
-        let Ok(serde_json::Value::Object(obj)) = serde_json::from_str(line) else {
+        let Ok(Fields(obj)) = serde_json::from_str(line) else {
             continue;
         };
-        let Some(step) = obj.get("step").and_then(serde_json::Value::as_f64) else {
+        let step = obj
+            .iter()
+            .find(|(k, _)| k == "step")
+            .map(|(_, v)| v.as_f64());
+        let Some(Some(step)) = step else {
             continue;
         };
         for (key, value) in &obj {
@@ -163,6 +190,20 @@ fn extent(points: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
     })
 }
 
+/// An axis label: at most 4 decimals without trailing zeros (`200`, `0.25`, `-0.485`), or
+/// scientific notation for magnitudes below 10⁻³ or from 10⁵ (`2.5e-4`).
+pub fn tick(v: &f64) -> String {
+    let a = v.abs();
+    if a < 1e-12 {
+        "0".into()
+    } else if !(1e-3..1e5).contains(&a) {
+        format!("{v:.1e}")
+    } else {
+        let s = format!("{v:.4}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
 /// The colour of curve `i` (the total loss is black).
 fn colour(i: usize) -> RGBColor {
     const PALETTE: [RGBColor; 8] = [
@@ -217,7 +258,9 @@ where
     chart
         .configure_mesh()
         .x_desc("step")
+        .x_label_formatter(&tick)
         .y_desc("loss")
+        .y_label_formatter(&tick)
         .label_style((FAMILY, 14))
         .axis_desc_style((FAMILY, 16))
         .light_line_style(RGBColor(235, 235, 235))
@@ -287,9 +330,16 @@ fn lr_panel<DB: DrawingBackend>(
     chart
         .configure_mesh()
         .x_desc("step")
+        .x_label_formatter(&tick)
         .y_desc("lr")
         .y_labels(4)
-        .y_label_formatter(&|v| format!("{v:.1e}"))
+        .y_label_formatter(&|v| {
+            if v.abs() < 1e-15 {
+                "0".into()
+            } else {
+                format!("{v:.1e}")
+            }
+        })
         .label_style((FAMILY, 14))
         .axis_desc_style((FAMILY, 16))
         .light_line_style(RGBColor(235, 235, 235))
@@ -431,7 +481,11 @@ mod tests {
                  \"backward_s\":0.25,\"optimizer_s\":0.04}}\n"
             );
             if step % 100 == 99 {
-                s += &format!("{{\"step\":{step},\"knn\":{}}}\n", 0.5 + t * 0.3);
+                let knn = [0.6, 0.7, 0.8, 0.82, 0.84, 0.85, 0.86, 0.87, 0.88, 0.89];
+                s += &format!(
+                    "{{\"step\":{step},\"knn\":{}}}\n",
+                    knn[(step / 100) as usize % 10]
+                );
             }
         }
         s + "{\"step\":1000,\"loss\":0.4,\"nc"
@@ -457,6 +511,22 @@ mod tests {
     }
 
     #[test]
+    fn tick_labels() {
+        let labels: Vec<String> = [
+            0.0, -1e-17, 200.0, 0.25, -0.485, 1.0, 0.01, 2.5e-4, 1e6, 0.00125,
+        ]
+        .iter()
+        .map(tick)
+        .collect();
+        assert_eq!(
+            labels,
+            [
+                "0", "0", "200", "0.25", "-0.485", "1", "0.01", "2.5e-4", "1.0e6", "0.0013"
+            ]
+        );
+    }
+
+    #[test]
     fn smoothing_is_a_centred_mean() {
         let p: Vec<(f64, f64)> = (0..5).map(|i| (i as f64, (i * i) as f64)).collect();
         let s = smooth(&p, 3);
@@ -469,6 +539,13 @@ mod tests {
         assert_eq!(smooth(&p, 1), p);
         assert_eq!(window(10), 1);
         assert_eq!(window(1000), 41);
+    }
+
+    /// Copies `png` to `$CANC_KEEP_PLOTS/name` when that variable is set, to look at it.
+    fn keep(png: &Path, name: &str) {
+        if let Some(dir) = std::env::var_os("CANC_KEEP_PLOTS") {
+            std::fs::copy(png, Path::new(&dir).join(name)).unwrap();
+        }
     }
 
     /// How many pixels of `img` are exactly `c`.
@@ -495,23 +572,35 @@ mod tests {
         assert!(!run.join(".loss.png.tmp").exists());
         // Overwriting works (the rename replaces the old file).
         write_plots(&metrics_path, &png).unwrap();
-        if let Ok(keep) = std::env::var("CANC_KEEP_PLOT") {
-            std::fs::copy(&png, keep).unwrap();
-        }
+        keep(&png, "loss.png");
     }
 
     #[test]
     fn linear_axis_and_a_single_point_draw() {
         let dir = Scratch::new("lin");
         let p = dir.0.join("metrics.jsonl");
-        // A negative loss (linear axis), one step, no lr.
+        // A single negative loss: a linear axis around one point, no lr panel.
         std::fs::write(&p, "{\"step\":0,\"loss\":-0.5}\n").unwrap();
         let png = dir.0.join("one.png");
         write_plots(&p, &png).unwrap();
-        assert_eq!(
-            image::open(&png).unwrap().to_rgb8().dimensions(),
-            (WIDTH, HEIGHT)
-        );
+        let img = image::open(&png).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), (WIDTH, HEIGHT));
+        assert!(count(&img, colour(0)) > 20, "the point's marker is drawn");
+        keep(&png, "one.png");
+        // A loss crossing zero over 40 steps (linear axis), with an lr.
+        let text: String = (0..40)
+            .map(|s| {
+                format!(
+                    "{{\"step\":{s},\"loss\":{},\"lr\":0.1}}\n",
+                    s as f64 / 20.0 - 1.0
+                )
+            })
+            .collect();
+        std::fs::write(&p, text).unwrap();
+        write_plots(&p, &png).unwrap();
+        let img = image::open(&png).unwrap().to_rgb8();
+        assert!(count(&img, colour(0)) > 200);
+        keep(&png, "linear.png");
     }
 
     #[test]

@@ -414,7 +414,6 @@ fn execute(
         .and_then(RValue::as_i64)
         .unwrap_or(3)
         .max(1) as usize;
-    let log_every = setting_steps(&plan, "log_every", per_epoch, 10);
     let mut opts = RunOptions::new(meta.steps, meta.batch);
     opts.out = Some(dir.to_path_buf());
     opts.checkpoint = Some(Checkpointing {
@@ -438,7 +437,6 @@ fn execute(
         opts,
         dir,
         smoke: meta.smoke,
-        log_every,
     };
     let result = dispatch(device, work).map_err(|e| e.to_string())?;
     let total = meta.steps;
@@ -524,7 +522,6 @@ struct Train<'a> {
     opts: RunOptions,
     dir: &'a Path,
     smoke: bool,
-    log_every: u64,
 }
 
 impl OnBackend for Train<'_> {
@@ -563,7 +560,6 @@ impl OnBackend for Train<'_> {
             self.opts.steps,
             trainer.steps_per_epoch(),
             self.opts.batch,
-            self.log_every,
         );
         let end = train::run(
             &mut trainer,

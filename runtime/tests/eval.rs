@@ -424,3 +424,34 @@ fn raw_pixel_knn_on_fashion_mnist_is_in_the_published_range() {
     eprintln!("raw-pixel kNN, 10k/2k: {acc:.4}");
     assert!((0.78..=0.88).contains(&acc), "accuracy {acc}");
 }
+
+/// Timing at the full Fashion-MNIST size with ViT-width features (random, so only the time
+/// means anything): `cargo test --release -p canc-runtime --test eval -- --ignored --nocapture`.
+#[test]
+#[ignore = "a timing, minutes in a debug build"]
+fn time_knn_and_linear_at_60k_by_10k_d192() {
+    let mut rng = StdRng::seed_from_u64(12);
+    let mut feats = |n: usize| {
+        let x: Vec<f32> = (0..n * 192).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let y: Vec<u32> = (0..n as u32).map(|i| i % 10).collect();
+        (Features::new(x, n, 192).unwrap(), y)
+    };
+    let (train, ty) = feats(60_000);
+    let (test, sy) = feats(10_000);
+    let t = std::time::Instant::now();
+    let acc = knn_accuracy(&train, &ty, &test, &sy, 10, &KnnConfig::default()).unwrap();
+    eprintln!(
+        "kNN 60000 x 10000, d = 192: {:.2} s (accuracy {acc:.3}, chance 0.1)",
+        t.elapsed().as_secs_f64()
+    );
+    let t = std::time::Instant::now();
+    let cfg = LinearConfig::default();
+    let probe = train_linear(&train, &ty, 10, &cfg).unwrap();
+    eprintln!(
+        "linear probe 60000 x 192, {} epochs of batch {}: {:.2} s (final loss {:.3})",
+        cfg.epochs,
+        cfg.batch,
+        t.elapsed().as_secs_f64(),
+        probe.final_loss
+    );
+}

@@ -210,6 +210,10 @@ impl Iterator for Prefetched<'_> {
 /// (for 256 two-view 28×28 grey images a step is 1.6 MB; for 224×224 RGB, 308 MB).
 ///
 /// An invalid plan (see [`BatchPlan::check`]) is delivered as the first item.
+///
+/// The producer augments on rayon's global pool: call this from a thread that is not one of
+/// that pool's workers (e.g. the main thread), or a consumer blocked on an empty queue could hold
+/// the worker the producer needs.
 pub fn prefetch<R>(
     ds: &Dataset,
     plan: &BatchPlan,
