@@ -118,7 +118,7 @@ impl<B: AutodiffBackend> Observer<B> for Monitor {
             log.phases.data,
             log.seconds,
         );
-        if (log.step + 1) % self.per_epoch == 0 {
+        if (log.step + 1).is_multiple_of(self.per_epoch) {
             self.plot();
         }
     }

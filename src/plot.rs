@@ -11,9 +11,6 @@
 //! assets/fonts) through `ab_glyph`, so no system font library is needed. Lines that are not
 //! a JSON object with a numeric `step` (the truncated last line of a killed run) are skipped.
 
-// Wired into `run.rs` by the training loop; until then only the tests use it.
-#![allow(dead_code)]
-
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

@@ -9,9 +9,6 @@
 //! Timings are smoothed with an exponential moving average that drops the first step (it
 //! carries one-off warm-up costs) once a second one arrives.
 
-// Wired into `run.rs` by the training loop; until then only the tests use it.
-#![allow(dead_code)]
-
 use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
