@@ -20,14 +20,14 @@ chmod +x "$BIN" 2>/dev/null
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; } > "$OUT/machine.txt" 2>&1
 
 echo "== canc bench CAN, batch $BATCH" | tee -a "$OUT/summary.txt"
-timeout 240 "$BIN" bench specs/can.canspec --device cuda --batch "$BATCH" --steps "$STEPS" --warmup 3 \
+timeout "${T_BENCH:-240}" "$BIN" bench specs/can.canspec --device cuda --batch "$BATCH" --steps "$STEPS" --warmup 3 \
   "${SET[@]}" > "$OUT/canc_can.txt" 2> "$OUT/canc_can.err"
 echo "rc=$?" >> "$OUT/summary.txt"; cat "$OUT/canc_can.txt" >> "$OUT/summary.txt"
 
-for cfg in "eager f32" "eager bf16" "compile bf16"; do
-  set -- $cfg
+for cfg in ${TORCH_CFGS:-"eager:f32" "eager:bf16" "compile:bf16"}; do
+  set -- ${cfg/:/ }
   echo "== torch $1 $2, batch $BATCH" | tee -a "$OUT/summary.txt"
-  timeout 180 python3 bench/reference.py --device cuda --batch "$BATCH" --steps "$STEPS" --warmup 3 \
+  timeout "${T_TORCH:-180}" python3 bench/reference.py --device cuda --batch "$BATCH" --steps "$STEPS" --warmup 3 \
     --mode "$1" --dtype "$2" > "$OUT/torch_$1_$2.txt" 2> "$OUT/torch_$1_$2.err"
   echo "rc=$?" >> "$OUT/summary.txt"; cat "$OUT/torch_$1_$2.txt" >> "$OUT/summary.txt"
 done
@@ -35,7 +35,7 @@ done
 if [ -z "${SKIP_SMOKE:-}" ]; then
   for spec in specs/*.canspec; do
     name=$(basename "$spec" .canspec)
-    timeout 120 "$BIN" run "$spec" --smoke --device cuda "${SET[@]}" --out "$OUT/runs/$name" \
+    timeout "${T_SMOKE:-120}" "$BIN" run "$spec" --smoke --device cuda "${SET[@]}" --out "$OUT/runs/$name" \
       > "$OUT/smoke_$name.log" 2>&1
     echo "smoke $name rc=$? $(tail -1 "$OUT/smoke_$name.log")" | tee -a "$OUT/summary.txt"
     rm -rf "$OUT/runs/$name/checkpoints"

@@ -437,6 +437,7 @@ fn execute(
         opts,
         dir,
         smoke: meta.smoke,
+        exact: device == DeviceSpec::Cpu,
     };
     let result = dispatch(device, work).map_err(|e| e.to_string())?;
     let total = meta.steps;
@@ -522,6 +523,8 @@ struct Train<'a> {
     opts: RunOptions,
     dir: &'a Path,
     smoke: bool,
+    /// Bitwise-deterministic device (CPU): the smoke check requires identical losses.
+    exact: bool,
 }
 
 impl OnBackend for Train<'_> {
@@ -572,7 +575,7 @@ impl OnBackend for Train<'_> {
         monitor.finish();
         let smoke_check = if self.smoke && end.outcome == Outcome::Finished {
             Some(smoke_check::<B>(
-                &self.plan, self.ds, &self.opts, self.dir, &end.logs, device,
+                &self.plan, self.ds, &self.opts, self.dir, &end.logs, device, self.exact,
             )?)
         } else {
             None
@@ -587,8 +590,13 @@ impl OnBackend for Train<'_> {
     }
 }
 
+/// Relative tolerance of the smoke check's loss comparison on GPUs, whose reductions are not
+/// bitwise deterministic (measured on an H200: differences in the 7th significant digit).
+const GPU_SMOKE_TOLERANCE: f64 = 1e-5;
+
 /// The end of a smoke run: reload the last-but-one checkpoint into a fresh program, re-run the
-/// steps after it, and require the same losses as the run logged.
+/// steps after it, and require the same losses as the run logged: bit for bit when `exact`
+/// (CPU), within [`GPU_SMOKE_TOLERANCE`] otherwise.
 fn smoke_check<B: AutodiffBackend>(
     plan: &Plan,
     ds: &data::Dataset,
@@ -596,6 +604,7 @@ fn smoke_check<B: AutodiffBackend>(
     dir: &Path,
     logs: &[train::StepLog],
     device: &B::Device,
+    exact: bool,
 ) -> Result<String, TrainError> {
     let all = checkpoint::list(&dir.join("checkpoints"));
     let Some((step, ck_dir)) = all.iter().rev().nth(1).cloned() else {
@@ -621,18 +630,36 @@ fn smoke_check<B: AutodiffBackend>(
         .map(|l| l.loss)
         .collect();
     let got: Vec<f64> = rerun.logs.iter().map(|l| l.loss).collect();
-    if got != want {
-        return Err(TrainError::Checkpoint(
-            checkpoint::CheckpointError::Corrupt {
-                dir: ck_dir,
-                why: format!(
-                    "resuming from step {step} did not reproduce the run: losses {got:?} vs {want:?}"
-                ),
-            },
-        ));
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
+        .fold(0.0, f64::max);
+    let same = got.len() == want.len()
+        && if exact {
+            got == want
+        } else {
+            worst <= GPU_SMOKE_TOLERANCE
+        };
+    if !same {
+        return Err(TrainError::Checkpoint(checkpoint::CheckpointError::Plan {
+            dir: dir.to_path_buf(),
+            why: format!(
+                "smoke check: resuming from step {step} did not reproduce the run: losses \
+                 {got:?} vs {want:?}"
+            ),
+        }));
     }
-    Ok(format!(
-        "reloaded the checkpoint at step {step} and re-ran {} steps: identical losses",
-        got.len()
-    ))
+    Ok(if exact {
+        format!(
+            "reloaded the checkpoint at step {step} and re-ran {} steps: identical losses",
+            got.len()
+        )
+    } else {
+        format!(
+            "reloaded the checkpoint at step {step} and re-ran {} steps: losses agree to \
+             {worst:.1e} (relative; GPU reductions are not bitwise deterministic)",
+            got.len()
+        )
+    })
 }
