@@ -387,13 +387,5 @@ pub fn knn_monitor<B: AutodiffBackend>(
     cfg: &KnnConfig,
 ) -> Result<f64, EvalError> {
     let set = program_features(program, train, test, limit_train, limit_test)?;
-    set.check()?;
-    knn_accuracy(
-        &set.train,
-        &set.train_labels,
-        &set.test,
-        &set.test_labels,
-        set.classes,
-        cfg,
-    )
+    run_knn(&set, cfg).map(|r| r.accuracy)
 }
