@@ -13,5 +13,6 @@ pub mod eval;
 pub mod exec;
 pub mod loss;
 pub mod nn;
+pub mod ops;
 pub mod schedule;
 pub mod train;

@@ -1,18 +1,16 @@
 //! The pre-norm transformer block of ViT and the MAE decoder.
 
 use super::{linear3, xavier_linear};
+use crate::ops;
 use burn::module::Module;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
-use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Distribution, Tensor};
 
 /// A pre-norm transformer block (timm's ViT `Block`):
 /// `x + attn(ln1(x))`, then `x + mlp(ln2(x))`, with multi-head self-attention through one
 /// `d → 3d` qkv projection (output laid out `(3, heads, d/heads)`) and a `d → h → d` GELU MLP.
-/// Every Linear has a bias.
+/// Every Linear has a bias. LayerNorm, attention and GELU run as fused ops ([`crate::ops`]).
 #[derive(Module, Debug)]
 pub struct Block<B: Backend> {
     /// LayerNorm before attention.
@@ -31,6 +29,8 @@ pub struct Block<B: Backend> {
     pub heads: usize,
     /// Stochastic-depth rate of this block (0: off).
     pub drop_path: f64,
+    /// LayerNorm epsilon of `norm1` and `norm2`.
+    pub eps: f64,
 }
 
 impl<B: Backend> Block<B> {
@@ -55,38 +55,25 @@ impl<B: Backend> Block<B> {
             fc2: xavier_linear(hidden, dim, device),
             heads,
             drop_path,
+            eps,
         }
     }
 
     /// `[B, T, d]` → `[B, T, d]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let a = self.attention(self.norm1.forward(x.clone()));
+        let a = self.attention(ops::layer_norm(&self.norm1, self.eps, x.clone()));
         let x = x + self.drop(a);
         let [b, t, d] = x.dims();
-        let h = self.norm2.forward(x.clone()).reshape([b * t, d]);
-        let h = self.fc2.forward(gelu(self.fc1.forward(h)));
+        let h = ops::layer_norm(&self.norm2, self.eps, x.clone()).reshape([b * t, d]);
+        let h = self.fc2.forward(ops::gelu(self.fc1.forward(h)));
         x + self.drop(h.reshape([b, t, d]))
     }
 
-    /// Multi-head self-attention of `[B, T, d]` tokens.
+    /// Multi-head self-attention of `[B, T, d]` tokens: the packed `d → 3d` projection, the
+    /// fused attention over it, the output projection.
     fn attention(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [b, t, d] = x.dims();
-        let (h, dh) = (self.heads, d / self.heads);
-        // [B, T, 3d] -> [3, B, heads, T, dh]
-        let qkv = linear3(&self.qkv, x)
-            .reshape([b, t, 3, h, dh])
-            .permute([2, 0, 3, 1, 4]);
-        let part = |i: usize| qkv.clone().narrow(0, i, 1).reshape([b, h, t, dh]);
-        let o = attention(
-            part(0),
-            part(1),
-            part(2),
-            None,
-            None,
-            AttentionModuleOptions::default(),
-        );
-        // [B, heads, T, dh] -> [B, T, d]
-        linear3(&self.proj, o.swap_dims(1, 2).reshape([b, t, d]))
+        let qkv = linear3(&self.qkv, x);
+        linear3(&self.proj, ops::attention(qkv, self.heads))
     }
 
     /// Stochastic depth on a residual branch `[B, T, d]`: while training (an autodiff

@@ -6,9 +6,11 @@ use super::vit::{check_heads, pos_kind};
 use super::{Block, NnError, Settings, grid_side, linear3, token_param, xavier_linear};
 use burn::module::{Module, Param};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
-use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor};
+
+/// LayerNorm epsilon of the decoder (MAE's).
+const LN_EPS: f64 = 1e-6;
 
 /// The settings of a [`VitDecoder`] (`network: vit_decoder`), with its input's shape.
 #[derive(Debug, Clone, PartialEq)]
@@ -125,9 +127,9 @@ impl VitDecoderConfig {
                 dim: c,
             }),
             blocks: (0..self.depth)
-                .map(|_| Block::new(d, self.heads, hidden, 1e-6, 0.0, device))
+                .map(|_| Block::new(d, self.heads, hidden, LN_EPS, 0.0, device))
                 .collect(),
-            norm: LayerNormConfig::new(d).with_epsilon(1e-6).init(device),
+            norm: LayerNormConfig::new(d).with_epsilon(LN_EPS).init(device),
             head: xavier_linear(d, self.out, device),
             grid: self.grid,
             cls: self.cls,
@@ -151,7 +153,7 @@ impl<B: Backend> SigmaMlp<B> {
     /// `[B]` noise levels → `[B, D]`.
     pub fn forward(&self, sigma: Tensor<B, 1>) -> Tensor<B, 2> {
         let e = sigma_embedding(sigma, self.dim);
-        self.fc2.forward(gelu(self.fc1.forward(e)))
+        self.fc2.forward(crate::ops::gelu(self.fc1.forward(e)))
     }
 }
 
@@ -242,7 +244,7 @@ impl<B: Backend> VitDecoder<B> {
         for block in &self.blocks {
             x = block.forward(x);
         }
-        let x = self.norm.forward(x).narrow(1, c, g);
+        let x = crate::ops::layer_norm(&self.norm, LN_EPS, x).narrow(1, c, g);
         linear3(&self.head, x)
     }
 }

@@ -4,8 +4,11 @@ use super::{NnError, Settings};
 use burn::module::{Initializer, Module, Param, RunningState};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::Tensor;
-use burn::tensor::activation::{gelu, relu};
+use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
+
+/// LayerNorm epsilon of the hidden norms (PyTorch's default).
+const LN_EPS: f64 = 1e-5;
 
 /// The activation after each hidden layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +110,7 @@ impl MlpConfig {
             NormKind::None => Ok(None),
             NormKind::Bn => Ok(Some(HiddenNorm::Bn(BatchNorm1d::new(w, true, device)))),
             NormKind::Ln => Ok(Some(HiddenNorm::Ln(
-                LayerNormConfig::new(w).with_epsilon(1e-5).init(device),
+                LayerNormConfig::new(w).with_epsilon(LN_EPS).init(device),
             ))),
             NormKind::BnNoAffine => Err(NnError::Shape(
                 "`bn_no_affine` is only available as `last_norm`".into(),
@@ -192,12 +195,12 @@ impl<B: Backend> Mlp<B> {
             }
             x = match self.norms.get(i).and_then(Option::as_ref) {
                 Some(HiddenNorm::Bn(bn)) => bn.forward_mode(x, training),
-                Some(HiddenNorm::Ln(ln)) => ln.forward(x),
+                Some(HiddenNorm::Ln(ln)) => crate::ops::layer_norm(ln, LN_EPS, x),
                 None => x,
             };
             x = match self.act {
                 Activation::Relu => relu(x),
-                Activation::Gelu => gelu(x),
+                Activation::Gelu => crate::ops::gelu(x),
             };
         }
         match &self.last_norm {

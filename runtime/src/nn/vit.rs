@@ -154,6 +154,7 @@ impl VitConfig {
             patch: self.patch,
             side,
             freeze_patch_embed: self.freeze_patch_embed,
+            ln_eps: self.ln_eps,
         })
     }
 }
@@ -197,6 +198,8 @@ pub struct Vit<B: Backend> {
     pub side: usize,
     /// The patch embedding is detached in the forward pass.
     pub freeze_patch_embed: bool,
+    /// LayerNorm epsilon of the final norm.
+    pub ln_eps: f64,
 }
 
 impl<B: Backend> Vit<B> {
@@ -254,7 +257,7 @@ impl<B: Backend> Vit<B> {
             x = block.forward(x);
         }
         match &self.norm {
-            Some(norm) => norm.forward(x),
+            Some(norm) => crate::ops::layer_norm(norm, self.ln_eps, x),
             None => x,
         }
     }

@@ -1,0 +1,406 @@
+//! Fused ops for the CPU backend: GELU, LayerNorm and multi-head self-attention, each one
+//! kernel forward and one backward instead of Burn's chains of elementwise tensor ops.
+//!
+//! Every function here takes and returns tensors of any backend `B`. On the CPU backends
+//! ([`Cpu`](crate::backend::Cpu) and [`CpuTrain`](crate::backend::CpuTrain), f32 tensors) it
+//! runs the fused kernels of [`kernels`], registering its own backward step with Burn's
+//! autodiff; on any other backend (CUDA) or dtype it computes the same function with Burn's
+//! tensor ops ([`reference`]). Both paths compute the same values (tested in
+//! `runtime/tests/ops.rs`). [`fused_enabled`] says when the kernels run: by default in
+//! optimised builds only; `CANC_FUSED_OPS=0` or `=1` in the environment decides otherwise, e.g.
+//! to compare the two paths in one binary.
+//!
+//! Why: under `Autodiff<Flex>`, Burn 0.21 runs LayerNorm as ~10 tracked ops, attention as
+//! permute copies, batched matmuls and a 6-op softmax, and GELU through scalar `libm::erff`,
+//! each op allocating its output; these were about half of the CAN step on two cores.
+
+pub mod kernels;
+pub mod reference;
+
+use crate::backend::{Cpu, CpuTrain};
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::nn::LayerNorm;
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Shape, Tensor, TensorData, TensorMetadata, TensorPrimitive};
+use kernels::AttnShape;
+use std::any::{Any, TypeId};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// `x·Φ(x)` (exact GELU, as `burn::tensor::activation::gelu`).
+pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    if same::<B, CpuTrain>() {
+        return back(ad::gelu(back::<_, Tensor<CpuTrain, D>>(x)));
+    }
+    if same::<B, Cpu>() {
+        let x = back::<_, Tensor<Cpu, D>>(x);
+        let p = x.into_primitive().tensor();
+        let y = match p.dtype() {
+            DType::F32 => {
+                let c = p.to_contiguous();
+                float::<D>(flex(kernels::gelu(slice(&c)), c.shape()))
+            }
+            _ => burn::tensor::activation::gelu(float::<D>(p)),
+        };
+        return back(y);
+    }
+    burn::tensor::activation::gelu(x)
+}
+
+/// `ln` applied to the last dimension of `x` (as [`LayerNorm::forward`]); `eps` must be the
+/// epsilon `ln` was configured with (Burn keeps it private).
+pub fn layer_norm<B: Backend, const D: usize>(
+    ln: &LayerNorm<B>,
+    eps: f64,
+    x: Tensor<B, D>,
+) -> Tensor<B, D> {
+    let beta = ln.beta.as_ref().map(|b| b.val());
+    layer_norm_with(x, ln.gamma.val(), beta, eps)
+}
+
+/// LayerNorm over the last dimension of `x`: `(x − mean)/√(var + eps)·gamma + beta`, biased
+/// variance (Burn's and PyTorch's LayerNorm).
+pub fn layer_norm_with<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    gamma: Tensor<B, 1>,
+    beta: Option<Tensor<B, 1>>,
+    eps: f64,
+) -> Tensor<B, D> {
+    if same::<B, CpuTrain>() {
+        return back(ad::layer_norm::<D>(
+            back(x),
+            back(gamma),
+            beta.map(back),
+            eps,
+        ));
+    }
+    if same::<B, Cpu>() {
+        let (x, g) = (
+            back::<_, Tensor<Cpu, D>>(x).into_primitive().tensor(),
+            back::<_, Tensor<Cpu, 1>>(gamma).into_primitive().tensor(),
+        );
+        let b = beta.map(|b| back::<_, Tensor<Cpu, 1>>(b).into_primitive().tensor());
+        let y = match flex_layer_norm(&x, &g, b.as_ref(), eps) {
+            Some((y, _, _)) => float(y),
+            None => reference::layer_norm(float::<D>(x), float(g), b.map(float), eps),
+        };
+        return back(y);
+    }
+    reference::layer_norm(x, gamma, beta, eps)
+}
+
+/// Multi-head self-attention `softmax(q·kᵀ/√dh)·v` of a packed `qkv` `[B, T, 3d]` (last
+/// dimension laid out `(3, heads, d/heads)`, as timm's qkv Linear) → `[B, T, d]` with the heads
+/// concatenated, ready for the output projection.
+///
+/// # Panics
+/// If the last dimension is not a multiple of `3·heads`.
+pub fn attention<B: Backend>(qkv: Tensor<B, 3>, heads: usize) -> Tensor<B, 3> {
+    let [b, t, w] = qkv.dims();
+    assert!(
+        heads > 0 && w.is_multiple_of(3 * heads),
+        "attention: width {w} is not 3 × a multiple of {heads} heads"
+    );
+    let s = AttnShape {
+        b,
+        t,
+        h: heads,
+        dh: w / 3 / heads,
+    };
+    if same::<B, CpuTrain>() {
+        return back(ad::attention(back(qkv), s));
+    }
+    if same::<B, Cpu>() {
+        let p = back::<_, Tensor<Cpu, 3>>(qkv).into_primitive().tensor();
+        let y = match p.dtype() {
+            DType::F32 => {
+                let c = p.to_contiguous();
+                float(flex(
+                    kernels::attention(slice(&c), s).0,
+                    [b, t, s.d()].into(),
+                ))
+            }
+            _ => reference::attention(float(p), heads),
+        };
+        return back(y);
+    }
+    reference::attention(qkv, heads)
+}
+
+/// Whether `A` and `B` are the same type and the fused kernels are on ([`fused_enabled`]).
+fn same<A: Any, B: Any>() -> bool {
+    TypeId::of::<A>() == TypeId::of::<B>() && fused_enabled()
+}
+
+/// The process-wide choice of [`set_fused`]: 0 = default, 1 = on, 2 = off.
+static FUSED: AtomicU8 = AtomicU8::new(0);
+
+/// Forces the fused kernels on (`Some(true)`) or off (`Some(false)`) for the whole process, or
+/// restores the default (`None`, see [`fused_enabled`]).
+pub fn set_fused(on: Option<bool>) {
+    FUSED.store(
+        match on {
+            None => 0,
+            Some(true) => 1,
+            Some(false) => 2,
+        },
+        Ordering::Relaxed,
+    );
+}
+
+/// Whether the ops here run their fused kernels on the CPU backends. Unless [`set_fused`]
+/// decided: `CANC_FUSED_OPS=1` / `=0` in the environment turns them on / off; without it they
+/// are on in optimised builds and off in debug builds (`debug_assertions`), where the kernels
+/// are compiled without optimisation and run about 10× slower than Burn's optimised ops (the
+/// runtime's training tests took 580 s instead of 49 s). `runtime/tests/ops.rs` turns them on.
+pub fn fused_enabled() -> bool {
+    static ENV: OnceLock<Option<bool>> = OnceLock::new();
+    match FUSED.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => ENV
+            .get_or_init(|| match std::env::var("CANC_FUSED_OPS").as_deref() {
+                Ok("1") => Some(true),
+                Ok("0") => Some(false),
+                _ => None,
+            })
+            .unwrap_or(!cfg!(debug_assertions)),
+    }
+}
+
+/// `t` as type `U`, which the caller has checked with [`same`] to be `T` itself.
+fn back<T: Any, U: Any>(t: T) -> U {
+    let boxed: Box<dyn Any> = Box::new(t);
+    *boxed
+        .downcast::<U>()
+        .unwrap_or_else(|_| unreachable!("back: the types were checked to be the same"))
+}
+
+/// The contiguous f32 data of `t` (which [`FlexTensor::to_contiguous`] returned).
+fn slice(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>()
+        .unwrap_or_else(|| unreachable!("slice: a contiguous f32 tensor"))
+}
+
+/// A contiguous f32 tensor of `shape` holding `data`.
+fn flex(data: Vec<f32>, shape: Shape) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(data, shape))
+}
+
+/// A CPU tensor of a primitive.
+fn float<const D: usize>(p: FlexTensor) -> Tensor<Cpu, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(p))
+}
+
+/// The fused LayerNorm forward on CPU primitives: `(y, mean, 1/σ)`; `None` unless all are f32.
+fn flex_layer_norm(
+    x: &FlexTensor,
+    gamma: &FlexTensor,
+    beta: Option<&FlexTensor>,
+    eps: f64,
+) -> Option<(FlexTensor, Vec<f32>, Vec<f32>)> {
+    let all_f32 = x.dtype() == DType::F32
+        && gamma.dtype() == DType::F32
+        && beta.is_none_or(|b| b.dtype() == DType::F32);
+    if !all_f32 {
+        return None;
+    }
+    let shape = x.shape();
+    let d = shape[shape.num_dims() - 1];
+    let xc = x.to_contiguous();
+    let gc = gamma.to_contiguous();
+    let bc = beta.map(FlexTensor::to_contiguous);
+    let (y, mean, rstd) = kernels::layer_norm(
+        slice(&xc),
+        slice(&gc),
+        bc.as_ref().map(slice),
+        d,
+        eps as f32,
+    );
+    Some((flex(y, shape), mean, rstd))
+}
+
+/// The autodiff (training) versions of the fused ops on `Autodiff<Flex>`.
+mod ad {
+    use super::*;
+
+    type Prim = <CpuTrain as burn::tensor::backend::BackendTypes>::FloatTensorPrimitive;
+
+    fn prim<const D: usize>(t: Tensor<CpuTrain, D>) -> Prim {
+        t.into_primitive().tensor()
+    }
+
+    fn wrap<const D: usize>(p: Prim) -> Tensor<CpuTrain, D> {
+        Tensor::from_primitive(TensorPrimitive::Float(p))
+    }
+
+    /// GELU with its own backward step (state: the input).
+    pub fn gelu<const D: usize>(x: Tensor<CpuTrain, D>) -> Tensor<CpuTrain, D> {
+        #[derive(Debug)]
+        struct Gelu;
+        impl Backward<Cpu, 1> for Gelu {
+            type State = FlexTensor;
+            fn backward(
+                self,
+                ops: Ops<FlexTensor, 1>,
+                grads: &mut Gradients,
+                _: &mut Checkpointer,
+            ) {
+                let [parent] = ops.parents;
+                let grad = grads.consume::<Cpu>(&ops.node);
+                if let Some(parent) = parent {
+                    let g = grad.to_contiguous();
+                    let dx = kernels::gelu_backward(slice(&ops.state), slice(&g));
+                    grads.register::<Cpu>(parent.id, flex(dx, g.shape()));
+                }
+            }
+        }
+        let x = prim(x);
+        if x.primitive.dtype() != DType::F32 {
+            return wrap(prim(burn::tensor::activation::gelu(wrap::<D>(x))));
+        }
+        let xc = x.primitive.to_contiguous();
+        let y = flex(kernels::gelu(slice(&xc)), xc.shape());
+        wrap(
+            match Gelu
+                .prepare::<NoCheckpointing>([x.node.clone()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish(xc, y),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            },
+        )
+    }
+
+    /// The state of a LayerNorm backward step.
+    #[derive(Debug, Clone)]
+    pub struct LnState {
+        x: FlexTensor,
+        gamma: FlexTensor,
+        mean: Vec<f32>,
+        rstd: Vec<f32>,
+    }
+
+    /// LayerNorm with its own backward step (state: input, gamma, per-row mean and 1/σ).
+    pub fn layer_norm<const D: usize>(
+        x: Tensor<CpuTrain, D>,
+        gamma: Tensor<CpuTrain, 1>,
+        beta: Option<Tensor<CpuTrain, 1>>,
+        eps: f64,
+    ) -> Tensor<CpuTrain, D> {
+        #[derive(Debug)]
+        struct Ln;
+        impl Backward<Cpu, 3> for Ln {
+            type State = LnState;
+            fn backward(self, ops: Ops<LnState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let [px, pg, pb] = ops.parents;
+                let dy = grads.consume::<Cpu>(&ops.node).to_contiguous();
+                let s = ops.state;
+                let shape = s.x.shape();
+                let d = shape[shape.num_dims() - 1];
+                let (dx, dg, db) = kernels::layer_norm_backward(
+                    slice(&s.x),
+                    &s.mean,
+                    &s.rstd,
+                    slice(&s.gamma),
+                    slice(&dy),
+                    d,
+                );
+                if let Some(p) = px {
+                    grads.register::<Cpu>(p.id, flex(dx, shape));
+                }
+                if let Some(p) = pg {
+                    grads.register::<Cpu>(p.id, flex(dg, [d].into()));
+                }
+                if let Some(p) = pb {
+                    grads.register::<Cpu>(p.id, flex(db, [d].into()));
+                }
+            }
+        }
+        let (xp, gp) = (prim(x), prim(gamma));
+        // Burn's LayerNorm always has a beta; one without takes the composed path.
+        let Some(bp) = beta.map(prim) else {
+            return reference::layer_norm(wrap::<D>(xp), wrap(gp), None, eps);
+        };
+        let fused = flex_layer_norm(&xp.primitive, &gp.primitive, Some(&bp.primitive), eps);
+        let Some((y, mean, rstd)) = fused else {
+            return reference::layer_norm(wrap::<D>(xp), wrap(gp), Some(wrap(bp)), eps);
+        };
+        let prep = Ln
+            .prepare::<NoCheckpointing>([xp.node.clone(), gp.node.clone(), bp.node.clone()])
+            .compute_bound()
+            .stateful();
+        wrap(match prep {
+            OpsKind::Tracked(prep) => {
+                let state = LnState {
+                    x: xp.primitive.to_contiguous(),
+                    gamma: gp.primitive.to_contiguous(),
+                    mean,
+                    rstd,
+                };
+                prep.finish(state, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        })
+    }
+
+    /// The state of an attention backward step.
+    #[derive(Debug, Clone)]
+    pub struct AttnState {
+        qkv: FlexTensor,
+        probs: std::sync::Arc<Vec<f32>>,
+        shape: AttnShape,
+    }
+
+    /// Attention with its own backward step (state: the packed qkv and the probabilities).
+    pub fn attention(qkv: Tensor<CpuTrain, 3>, s: AttnShape) -> Tensor<CpuTrain, 3> {
+        #[derive(Debug)]
+        struct Attn;
+        impl Backward<Cpu, 1> for Attn {
+            type State = AttnState;
+            fn backward(self, ops: Ops<AttnState, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let [parent] = ops.parents;
+                let dout = grads.consume::<Cpu>(&ops.node).to_contiguous();
+                if let Some(parent) = parent {
+                    let st = ops.state;
+                    let dqkv = kernels::attention_backward(
+                        slice(&st.qkv),
+                        &st.probs,
+                        slice(&dout),
+                        st.shape,
+                    );
+                    grads.register::<Cpu>(parent.id, flex(dqkv, st.qkv.shape()));
+                }
+            }
+        }
+        let x = prim(qkv);
+        if x.primitive.dtype() != DType::F32 {
+            return reference::attention(wrap(x), s.h);
+        }
+        let xc = x.primitive.to_contiguous();
+        let (out, probs) = kernels::attention(slice(&xc), s);
+        let y = flex(out, [s.b, s.t, s.d()].into());
+        wrap(
+            match Attn
+                .prepare::<NoCheckpointing>([x.node.clone()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish(
+                    AttnState {
+                        qkv: xc,
+                        probs: std::sync::Arc::new(probs),
+                        shape: s,
+                    },
+                    y,
+                ),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            },
+        )
+    }
+}

@@ -1,0 +1,355 @@
+//! The fused CPU ops (`canc_runtime::ops`): values against naive f64 formulas and against the
+//! same functions written with Burn's tensor ops, gradients against finite differences and
+//! against Burn's autodiff of the tensor-op versions, on the CPU backend with and without
+//! autodiff. The kernels are switched on for the whole test binary (they are off by default in
+//! debug builds).
+
+use burn::backend::{Autodiff, Flex};
+use burn::nn::LayerNormConfig;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use canc_runtime::nn::Block;
+use canc_runtime::ops::{self, kernels, reference};
+
+type B = Flex;
+type AD = Autodiff<Flex>;
+
+/// Every test here exercises the fused kernels, also in debug builds where they are off by
+/// default.
+fn fused() {
+    ops::set_fused(Some(true));
+}
+
+fn values<const D: usize, Bk: Backend>(t: Tensor<Bk, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+}
+
+/// Deterministic pseudo-random values in [-scale, scale).
+fn fill(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+fn tensor<const D: usize, Bk: Backend>(v: &[f32], shape: [usize; D]) -> Tensor<Bk, D> {
+    Tensor::from_data(TensorData::new(v.to_vec(), shape), &Default::default())
+}
+
+fn close(a: &[f32], b: &[f32], tol: f32, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths differ");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(
+            (x - y).abs() <= tol * (1.0 + y.abs()),
+            "{what}: element {i}: {x} vs {y}"
+        );
+    }
+}
+
+/// Central finite differences of the scalar `f` at `x` for the coordinates `at`, compared with
+/// `grad`.
+fn check_fd(f: impl Fn(&[f32]) -> f32, x: &[f32], grad: &[f32], at: &[usize], what: &str) {
+    let eps = 1e-2;
+    for &i in at {
+        let (mut up, mut down) = (x.to_vec(), x.to_vec());
+        up[i] += eps;
+        down[i] -= eps;
+        let fd = (f(&up) - f(&down)) / (2.0 * eps);
+        assert!(
+            (fd - grad[i]).abs() < 1e-2 * (1.0 + fd.abs()),
+            "{what}: coordinate {i}: finite difference {fd} vs gradient {}",
+            grad[i]
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GELU
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn gelu_matches_burn_forward_and_backward() {
+    fused();
+    // Many elements (several rayon chunks), values over the range where GELU bends.
+    let n = 40_000;
+    let x = fill(n, 1, 6.0);
+    let fused = values(ops::gelu(tensor::<1, B>(&x, [n])));
+    let burn = values(burn::tensor::activation::gelu(tensor::<1, B>(&x, [n])));
+    close(&fused, &burn, 1e-6, "gelu forward (inference)");
+
+    let r = fill(n, 2, 1.0);
+    let grad = |fused: bool| {
+        let t = tensor::<1, AD>(&x, [n]).require_grad();
+        let y = if fused {
+            ops::gelu(t.clone())
+        } else {
+            burn::tensor::activation::gelu(t.clone())
+        };
+        let g = (y.clone() * tensor::<1, AD>(&r, [n])).sum().backward();
+        (values(y), values(t.grad(&g).unwrap()))
+    };
+    let (y_f, g_f) = grad(true);
+    let (y_b, g_b) = grad(false);
+    close(&y_f, &y_b, 1e-6, "gelu forward (autodiff)");
+    close(&g_f, &g_b, 2e-6, "gelu backward");
+}
+
+#[test]
+fn gelu_gradient_matches_finite_differences() {
+    fused();
+    let x = fill(12, 3, 3.0);
+    let r = fill(12, 4, 1.0);
+    let f =
+        |v: &[f32]| values((ops::gelu(tensor::<2, B>(v, [3, 4])) * tensor(&r, [3, 4])).sum())[0];
+    let t = tensor::<2, AD>(&x, [3, 4]).require_grad();
+    let g = (ops::gelu(t.clone()) * tensor(&r, [3, 4])).sum().backward();
+    let grad = values(t.grad(&g).unwrap());
+    check_fd(f, &x, &grad, &(0..12).collect::<Vec<_>>(), "gelu");
+}
+
+// ---------------------------------------------------------------------------------------------
+// LayerNorm
+// ---------------------------------------------------------------------------------------------
+
+/// A LayerNorm of width `d` with non-trivial gamma and beta.
+fn layer_norm_module<Bk: Backend>(d: usize, eps: f64) -> burn::nn::LayerNorm<Bk> {
+    let mut ln = LayerNormConfig::new(d)
+        .with_epsilon(eps)
+        .init(&Default::default());
+    ln.gamma = ln
+        .gamma
+        .map(|_| tensor(&fill(d, 5, 1.0), [d]).require_grad());
+    ln.beta = ln
+        .beta
+        .map(|b| b.map(|_| tensor(&fill(d, 6, 1.0), [d]).require_grad()));
+    ln
+}
+
+#[test]
+fn layer_norm_matches_a_naive_reference_and_burn() {
+    fused();
+    let (rows, d, eps) = (300, 24, 1e-6);
+    let x = fill(rows * d, 7, 2.0);
+    let ln = layer_norm_module::<B>(d, eps);
+    let fused = values(ops::layer_norm(&ln, eps, tensor::<2, B>(&x, [rows, d])));
+    let burn = values(ln.forward(tensor::<2, B>(&x, [rows, d])));
+    let (g, b) = (fill(d, 5, 1.0), fill(d, 6, 1.0));
+    let naive: Vec<f32> = x
+        .chunks(d)
+        .flat_map(|r| {
+            let m = r.iter().map(|&v| f64::from(v)).sum::<f64>() / d as f64;
+            let var = r.iter().map(|&v| (f64::from(v) - m).powi(2)).sum::<f64>() / d as f64;
+            r.iter()
+                .enumerate()
+                .map(|(i, &v)| {
+                    ((f64::from(v) - m) / (var + eps).sqrt() * f64::from(g[i]) + f64::from(b[i]))
+                        as f32
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    close(&fused, &naive, 1e-5, "layer norm vs f64");
+    close(&burn, &naive, 1e-5, "burn layer norm vs f64");
+}
+
+#[test]
+fn layer_norm_gradients_match_burn_and_finite_differences() {
+    fused();
+    let (rows, d, eps) = (5, 16, 1e-6);
+    let x = fill(rows * d, 8, 2.0);
+    let r = fill(rows * d, 9, 1.0);
+    let ln = layer_norm_module::<AD>(d, eps);
+    let run = |fused: bool| {
+        let t = tensor::<3, AD>(&x, [1, rows, d]).require_grad();
+        let y = if fused {
+            ops::layer_norm(&ln, eps, t.clone())
+        } else {
+            ln.forward(t.clone())
+        };
+        let g = (y * tensor(&r, [1, rows, d])).sum().backward();
+        (
+            values(t.grad(&g).unwrap()),
+            values(ln.gamma.grad(&g).unwrap()),
+            values(ln.beta.as_ref().unwrap().grad(&g).unwrap()),
+        )
+    };
+    let (dx, dg, db) = run(true);
+    let (dx_b, dg_b, db_b) = run(false);
+    close(&dx, &dx_b, 1e-4, "layer norm dx");
+    close(&dg, &dg_b, 1e-5, "layer norm dgamma");
+    close(&db, &db_b, 1e-5, "layer norm dbeta");
+
+    let lnb = layer_norm_module::<B>(d, eps);
+    let f = |v: &[f32]| {
+        values(
+            (ops::layer_norm(&lnb, eps, tensor::<3, B>(v, [1, rows, d]))
+                * tensor(&r, [1, rows, d]))
+            .sum(),
+        )[0]
+    };
+    check_fd(f, &x, &dx, &[0, 7, 17, 40, 63, 79], "layer norm dx");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention
+// ---------------------------------------------------------------------------------------------
+
+/// Naive f64 attention of a packed qkv `[b, t, 3·h·dh]` (layout (3, h, dh)).
+fn naive_attention(qkv: &[f32], b: usize, t: usize, h: usize, dh: usize) -> Vec<f32> {
+    let d = h * dh;
+    let at = |img: usize, i: usize, part: usize, head: usize, k: usize| {
+        f64::from(qkv[(img * t + i) * 3 * d + part * d + head * dh + k])
+    };
+    let mut out = vec![0f32; b * t * d];
+    for img in 0..b {
+        for head in 0..h {
+            for i in 0..t {
+                let s: Vec<f64> = (0..t)
+                    .map(|j| {
+                        (0..dh)
+                            .map(|k| at(img, i, 0, head, k) * at(img, j, 1, head, k))
+                            .sum::<f64>()
+                            / (dh as f64).sqrt()
+                    })
+                    .collect();
+                let m = s.iter().cloned().fold(f64::MIN, f64::max);
+                let z: f64 = s.iter().map(|v| (v - m).exp()).sum();
+                for k in 0..dh {
+                    let o: f64 = (0..t)
+                        .map(|j| (s[j] - m).exp() / z * at(img, j, 2, head, k))
+                        .sum();
+                    out[(img * t + i) * d + head * dh + k] = o as f32;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn attention_matches_a_naive_reference_and_burn() {
+    fused();
+    let (b, t, h, dh) = (3, 7, 2, 12);
+    let qkv = fill(b * t * 3 * h * dh, 10, 2.0);
+    let naive = naive_attention(&qkv, b, t, h, dh);
+    let fused = values(ops::attention(tensor::<3, B>(&qkv, [b, t, 3 * h * dh]), h));
+    let burn = values(reference::attention(
+        tensor::<3, B>(&qkv, [b, t, 3 * h * dh]),
+        h,
+    ));
+    close(&fused, &naive, 1e-5, "attention vs f64");
+    close(&burn, &naive, 1e-5, "burn attention vs f64");
+    // The kernel's probabilities are rows of a softmax.
+    // The kernel's probabilities are rows of a softmax, padded with zeros.
+    let shape = kernels::AttnShape { b, t, h, dh };
+    let (_, probs) = kernels::attention(&qkv, shape);
+    assert_eq!(shape.tp(), 8);
+    for row in probs.chunks(shape.tp()) {
+        assert!((row[..t].iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        assert!(row[..t].iter().all(|p| *p > 0.0));
+        assert!(row[t..].iter().all(|p| *p == 0.0));
+    }
+}
+
+#[test]
+fn attention_gradient_matches_burn_and_finite_differences() {
+    fused();
+    let (b, t, h, dh) = (2, 5, 2, 8);
+    let w = 3 * h * dh;
+    let qkv = fill(b * t * w, 11, 1.5);
+    let r = fill(b * t * h * dh, 12, 1.0);
+    let run = |fused: bool| {
+        let x = tensor::<3, AD>(&qkv, [b, t, w]).require_grad();
+        let y = if fused {
+            ops::attention(x.clone(), h)
+        } else {
+            reference::attention(x.clone(), h)
+        };
+        let g = (y.clone() * tensor(&r, [b, t, h * dh])).sum().backward();
+        (values(y), values(x.grad(&g).unwrap()))
+    };
+    let (y_f, g_f) = run(true);
+    let (y_b, g_b) = run(false);
+    close(&y_f, &y_b, 1e-5, "attention forward (autodiff)");
+    close(&g_f, &g_b, 1e-4, "attention backward vs burn");
+    let f = |v: &[f32]| {
+        values((ops::attention(tensor::<3, B>(v, [b, t, w]), h) * tensor(&r, [b, t, h * dh])).sum())
+            [0]
+    };
+    // Queries, keys and values of both heads in both images.
+    let at = [
+        0,
+        9,
+        17,
+        30,
+        41,
+        47,
+        w * t + 3,
+        w * t + 20,
+        w * t + 44,
+        b * t * w - 1,
+    ];
+    check_fd(f, &qkv, &g_f, &at, "attention");
+}
+
+#[test]
+fn untracked_inputs_take_the_fused_path_without_gradients() {
+    fused();
+    // Inputs without require_grad: the ops run, and give the inference values.
+    let x = fill(2 * 3 * 12, 13, 1.0);
+    let ad = values(ops::attention(tensor::<3, AD>(&x, [2, 3, 12]), 2));
+    let cpu = values(ops::attention(tensor::<3, B>(&x, [2, 3, 12]), 2));
+    close(&ad, &cpu, 0.0, "attention untracked");
+    let ad = values(ops::gelu(tensor::<3, AD>(&x, [2, 3, 12])));
+    let cpu = values(ops::gelu(tensor::<3, B>(&x, [2, 3, 12])));
+    close(&ad, &cpu, 0.0, "gelu untracked");
+}
+
+#[test]
+fn block_forward_and_gradient_match_the_tensor_op_path() {
+    fused();
+    // The block's wiring of the fused ops against the same block written with Burn's ops.
+    let (b, t, d, heads, hidden) = (2, 5, 8, 2, 12);
+    let block = Block::<AD>::new(d, heads, hidden, 1e-6, 0.0, &Default::default());
+    let x = fill(b * t * d, 14, 1.5);
+    let r = fill(b * t * d, 15, 1.0);
+    let run = |fused: bool| {
+        let xt = tensor::<3, AD>(&x, [b, t, d]).require_grad();
+        let y = if fused {
+            block.forward(xt.clone())
+        } else {
+            let ln = |n: &burn::nn::LayerNorm<AD>, v: Tensor<AD, 3>| {
+                reference::layer_norm(v, n.gamma.val(), n.beta.as_ref().map(|p| p.val()), 1e-6)
+            };
+            let a = block.proj.forward(reference::attention(
+                block.qkv.forward(ln(&block.norm1, xt.clone())),
+                heads,
+            ));
+            let h = xt.clone() + a;
+            let m = block.fc2.forward(burn::tensor::activation::gelu(
+                block.fc1.forward(ln(&block.norm2, h.clone())),
+            ));
+            h + m
+        };
+        let g = (y.clone() * tensor(&r, [b, t, d])).sum().backward();
+        (
+            values(y),
+            values(xt.grad(&g).unwrap()),
+            values(block.qkv.weight.grad(&g).unwrap()),
+            values(block.norm1.gamma.grad(&g).unwrap()),
+        )
+    };
+    let (y, dx, dw, dg) = run(true);
+    let (y_r, dx_r, dw_r, dg_r) = run(false);
+    close(&y, &y_r, 1e-5, "block output");
+    close(&dx, &dx_r, 1e-4, "block input gradient");
+    close(&dw, &dw_r, 1e-4, "block qkv weight gradient");
+    close(&dg, &dg_r, 1e-4, "block norm1 gamma gradient");
+}
