@@ -1,5 +1,6 @@
 //! `canc`: compile, check and run declarative self-supervised learning experiments.
 
+mod alloc;
 mod bench;
 mod cli;
 mod eval;
@@ -10,5 +11,6 @@ mod progress;
 mod run;
 
 fn main() -> std::process::ExitCode {
+    alloc::tune();
     cli::main()
 }

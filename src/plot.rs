@@ -1,13 +1,14 @@
 //! Loss curves of a run as a PNG, drawn from its `metrics.jsonl`.
 //!
 //! ```text
-//!  metrics.jsonl ─read_metrics─▶ Metrics (curves: loss, terms, knn…; lr) ─draw─▶ RGB ─▶ PNG
+//!  metrics.jsonl ─read_metrics─▶ Metrics (curves: loss, terms; monitors: knn…; lr) ─draw─▶ RGB ─▶ PNG
 //! ```
 //!
 //! The top panel has the total loss (black) and every other numeric field except `step`, `lr`,
-//! `seconds` and the `*_s` timings, each as faint raw values under a centred moving average;
-//! its y axis is logarithmic when every value is positive and they span more than a decade.
-//! A small bottom panel shows the learning rate. Text uses an embedded font (Liberation Sans,
+//! `seconds`, the `*_s` timings and the monitors, each as faint raw values under a centred
+//! moving average; its y axis is logarithmic when every value is positive and they span more
+//! than a decade. The monitors (online kNN accuracy, RankMe and embedding std, on scales of
+//! their own) get one small panel each below it, and a bottom panel shows the learning rate. Text uses an embedded font (Liberation Sans,
 //! assets/fonts) through `ab_glyph`, so no system font library is needed. Lines that are not
 //! a JSON object with a numeric `step` (the truncated last line of a killed run) are skipped.
 
@@ -26,6 +27,11 @@ pub const WIDTH: u32 = 1200;
 pub const HEIGHT: u32 = 800;
 /// Height of the learning-rate panel, pixels.
 const LR_HEIGHT: u32 = 200;
+/// Height of the monitors' row, pixels.
+const MONITOR_HEIGHT: u32 = 220;
+/// Fields drawn in panels of their own, not on the loss axis: the online kNN accuracy and the
+/// collapse indicators.
+pub const MONITORS: [&str; 3] = ["knn", "rankme", "emb_std"];
 
 /// The embedded font (SIL OFL 1.1, see assets/fonts/LICENSE-LiberationSans.txt).
 static FONT: &[u8] = include_bytes!("../assets/fonts/LiberationSans-Regular.ttf");
@@ -73,6 +79,8 @@ pub struct Curve {
 pub struct Metrics {
     /// `loss` first (when present), then the other fields in order of first appearance.
     pub curves: Vec<Curve>,
+    /// The [`MONITORS`] present, in that order.
+    pub monitors: Vec<Curve>,
     /// The learning rate per step.
     pub lr: Vec<(f64, f64)>,
 }
@@ -127,9 +135,14 @@ pub fn parse_metrics(text: &str) -> Metrics {
             if key == "lr" {
                 m.lr.push((step, v));
             } else if is_curve(key) {
-                match m.curves.iter_mut().find(|c| &c.name == key) {
+                let list = if MONITORS.contains(&key.as_str()) {
+                    &mut m.monitors
+                } else {
+                    &mut m.curves
+                };
+                match list.iter_mut().find(|c| &c.name == key) {
                     Some(c) => c.points.push((step, v)),
-                    None => m.curves.push(Curve {
+                    None => list.push(Curve {
                         name: key.clone(),
                         points: vec![(step, v)],
                     }),
@@ -141,6 +154,8 @@ pub fn parse_metrics(text: &str) -> Metrics {
         let loss = m.curves.remove(i);
         m.curves.insert(0, loss);
     }
+    m.monitors
+        .sort_by_key(|c| MONITORS.iter().position(|k| *k == c.name));
     m
 }
 
@@ -232,12 +247,14 @@ fn font() -> Result<(), PlotError> {
     }
 }
 
-/// Draws the curves on `area` with y coordinate `y` (linear or logarithmic).
+/// Draws the curves on `area` with y coordinate `y` (linear or logarithmic), titled `title`
+/// (none when empty), the y axis named `y_desc`, colours from palette index `first_colour`.
 fn loss_panel<DB, Y>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
     title: &str,
     x: Range<f64>,
     y: Y,
+    (y_desc, first_colour): (&str, usize),
     curves: &[Curve],
 ) -> Result<(), PlotError>
 where
@@ -245,8 +262,11 @@ where
     Y: AsRangedCoord<Value = f64>,
     Y::CoordDescType: ValueFormatter<f64>,
 {
-    let mut chart = ChartBuilder::on(area)
-        .caption(title, (FAMILY, 22))
+    let mut builder = ChartBuilder::on(area);
+    if !title.is_empty() {
+        builder.caption(title, (FAMILY, 22));
+    }
+    let mut chart = builder
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
@@ -256,7 +276,7 @@ where
         .configure_mesh()
         .x_desc("step")
         .x_label_formatter(&tick)
-        .y_desc("loss")
+        .y_desc(y_desc)
         .y_label_formatter(&tick)
         .label_style((FAMILY, 14))
         .axis_desc_style((FAMILY, 16))
@@ -264,7 +284,7 @@ where
         .draw()
         .map_err(draw_err)?;
     for (i, c) in curves.iter().enumerate() {
-        let col = colour(i);
+        let col = colour(i + first_colour);
         let width = if c.name == "loss" { 3 } else { 2 };
         if c.points.len() < 25 {
             // Few points (an evaluation every N epochs): raw values with markers.
@@ -358,6 +378,7 @@ pub fn render(m: &Metrics, title: &str) -> Result<Vec<u8>, PlotError> {
         .curves
         .iter()
         .flat_map(|c| c.points.iter())
+        .chain(m.monitors.iter().flat_map(|c| c.points.iter()))
         .chain(&m.lr)
         .map(|p| p.0);
     let Some((x0, x1)) = extent(steps) else {
@@ -378,12 +399,42 @@ pub fn render(m: &Metrics, title: &str) -> Result<Vec<u8>, PlotError> {
             let (t, b) = root.split_vertically(HEIGHT - LR_HEIGHT);
             (t, Some(b))
         };
+        let (top, monitors) = if m.monitors.is_empty() {
+            (top, None)
+        } else {
+            let h = top.dim_in_pixel().1;
+            let (t, b) = top.split_vertically(h.saturating_sub(MONITOR_HEIGHT));
+            (t, Some(b))
+        };
         let y = padded(lo, hi, log);
         if log {
-            loss_panel(&top, title, x.clone(), y.log_scale(), &m.curves)?;
+            loss_panel(
+                &top,
+                title,
+                x.clone(),
+                y.log_scale(),
+                ("loss", 0),
+                &m.curves,
+            )?;
         } else {
             let y: RangedCoordf64 = y.into();
-            loss_panel(&top, title, x.clone(), y, &m.curves)?;
+            loss_panel(&top, title, x.clone(), y, ("loss", 0), &m.curves)?;
+        }
+        if let Some(row) = monitors {
+            let panels = row.split_evenly((1, m.monitors.len()));
+            for (i, (area, c)) in panels.iter().zip(&m.monitors).enumerate() {
+                let (lo, hi) = extent(c.points.iter().map(|p| p.1)).unwrap_or((0.0, 1.0));
+                let y: RangedCoordf64 = padded(lo, hi, false).into();
+                let first = m.curves.len() + i;
+                loss_panel(
+                    area,
+                    "",
+                    x.clone(),
+                    y,
+                    (&c.name, first),
+                    std::slice::from_ref(c),
+                )?;
+            }
         }
         if let Some(b) = bottom {
             lr_panel(&b, x, &m.lr)?;
@@ -401,7 +452,7 @@ pub fn write_plots(metrics_jsonl: &Path, out_png: &Path) -> Result<(), PlotError
         source,
     })?;
     let m = parse_metrics(&text);
-    if m.curves.is_empty() {
+    if m.curves.is_empty() && m.monitors.is_empty() {
         return Err(PlotError::NoData(metrics_jsonl.to_path_buf()));
     }
     let title = metrics_jsonl
@@ -477,6 +528,10 @@ mod tests {
                  \"lr\":{lr},\"seconds\":0.5,\"data_s\":0.01,\"forward_s\":0.2,\
                  \"backward_s\":0.25,\"optimizer_s\":0.04}}\n"
             );
+            if step % 10 == 0 {
+                let rank = 20.0 + step as f64 / 50.0;
+                s += &format!("{{\"step\":{step},\"emb_std\":0.06,\"rankme\":{rank}}}\n");
+            }
             if step % 100 == 99 {
                 let knn = [0.6, 0.7, 0.8, 0.82, 0.84, 0.85, 0.86, 0.87, 0.88, 0.89];
                 s += &format!(
@@ -492,12 +547,15 @@ mod tests {
     fn parses_curves_and_skips_bad_lines() {
         let m = parse_metrics(&metrics(300));
         let names: Vec<&str> = m.curves.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["loss", "nce", "mae", "denoise", "knn"]);
+        assert_eq!(names, ["loss", "nce", "mae", "denoise"]);
         assert_eq!(m.curves[0].points.len(), 300);
+        let names: Vec<&str> = m.monitors.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["knn", "rankme", "emb_std"]);
         assert_eq!(
-            m.curves[4].points,
+            m.monitors[0].points,
             vec![(99.0, 0.6), (199.0, 0.7), (299.0, 0.8)]
         );
+        assert_eq!(m.monitors[1].points.len(), 30);
         assert_eq!(m.lr.len(), 300);
         assert_eq!(m.lr[25], (25.0, 5e-4));
         let m = parse_metrics("{\"loss\":1}\n[1,2]\nnot json\n{\"step\":\"x\",\"loss\":1}\n");
@@ -561,8 +619,8 @@ mod tests {
         write_plots(&metrics_path, &png).unwrap();
         let img = image::open(&png).unwrap().to_rgb8();
         assert_eq!(img.dimensions(), (WIDTH, HEIGHT));
-        // Each curve's smoothed line is drawn in its solid colour.
-        for i in 0..5 {
+        // Each curve's smoothed line is drawn in its solid colour, the monitors' too.
+        for i in 0..7 {
             let n = count(&img, colour(i));
             assert!(n > 200, "curve {i}: {n} pixels");
         }

@@ -84,6 +84,10 @@ pub struct Forward<B: Backend> {
     pub total: Tensor<B, 1>,
     /// Each objective term's value, in objective order.
     pub terms: Vec<(String, Tensor<B, 1>)>,
+    /// The first embedding an embedding loss (InfoNCE, SupCon, cosine) compares, in plan
+    /// order, detached: the projector's (or predictor's) output whose collapse the run
+    /// monitors. None when the plan has no such loss.
+    pub embedding: Option<Tensor<B, 2>>,
 }
 
 impl<B: AutodiffBackend> Program<B> {
@@ -211,6 +215,7 @@ fn forward<B: AutodiffBackend>(
 ) -> Result<Forward<B>, ExecError> {
     let device = p.device.clone();
     let mut values: HashMap<String, Value<B>> = HashMap::new();
+    let mut embedding = None;
     for step in &p.plan.steps {
         let get = |port: Port| -> Result<&Value<B>, ExecError> {
             let i = step
@@ -364,6 +369,7 @@ fn forward<B: AutodiffBackend>(
                 sum_views,
             } => {
                 let (a, b) = two_emb(step, get(Port::Arg(0))?, get(Port::Arg(1))?)?;
+                embedding.get_or_insert_with(|| a.clone().detach());
                 vec![(
                     step.name.clone(),
                     Value::Scalar(loss::infonce(a, b, *temperature, *sum_views)),
@@ -374,6 +380,7 @@ fn forward<B: AutodiffBackend>(
                 scale_2tau,
             } => {
                 let (a, b) = two_emb(step, get(Port::Arg(0))?, get(Port::Arg(1))?)?;
+                embedding.get_or_insert_with(|| a.clone().detach());
                 vec![(
                     step.name.clone(),
                     Value::Scalar(loss::infonce_qk(a, b, *temperature, *scale_2tau)),
@@ -384,6 +391,7 @@ fn forward<B: AutodiffBackend>(
                 base_temperature,
             } => {
                 let (a, b) = two_emb(step, get(Port::Arg(0))?, get(Port::Arg(1))?)?;
+                embedding.get_or_insert_with(|| a.clone().detach());
                 let Value::Labels(l) = get(Port::Kw("labels"))? else {
                     return Err(err(step, "supcon needs labels"));
                 };
@@ -400,6 +408,7 @@ fn forward<B: AutodiffBackend>(
             }
             Op::Cosine => {
                 let (a, b) = two_emb(step, get(Port::Arg(0))?, get(Port::Arg(1))?)?;
+                embedding.get_or_insert_with(|| a.clone().detach());
                 vec![(step.name.clone(), Value::Scalar(loss::cosine(a, b)))]
             }
             Op::Mse { on } | Op::L1 { on } => {
@@ -464,7 +473,11 @@ fn forward<B: AutodiffBackend>(
         step: "objective".into(),
         what: "no terms".into(),
     })?;
-    Ok(Forward { total, terms })
+    Ok(Forward {
+        total,
+        terms,
+        embedding,
+    })
 }
 
 fn batch_size<B: Backend>(batch: &Batch<B>) -> usize {

@@ -13,7 +13,7 @@ use burn::optim::{
     AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer, Sgd, SgdConfig,
 };
 use burn::tensor::ElementConversion;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use canc_compiler::ir::Op;
 use canc_compiler::plan::Plan;
@@ -385,7 +385,8 @@ pub fn run<B: AutodiffBackend>(
             let step = batches.step;
             let mut log = trainer.step_with(program, batches, wait, device)?;
             if (step + 1) % trainer.per_epoch == 0 {
-                log.extra = observer.on_epoch_end((step + 1) / trainer.per_epoch - 1, program);
+                let epoch = (step + 1) / trainer.per_epoch - 1;
+                log.extra.extend(observer.on_epoch_end(epoch, program));
             }
             if let Some((file, path)) = &mut metrics {
                 writeln!(file, "{}", log.to_json()).map_err(|e| TrainError::Io(path.clone(), e))?;
@@ -518,6 +519,8 @@ pub struct Trainer<B: AutodiffBackend> {
     clip: Option<f64>,
     total: u64,
     roles: HashMap<String, canc_compiler::plan::Role>,
+    /// Collapse indicators every this many steps (the spec's `train.log_every`; 0: never).
+    collapse_every: u64,
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
@@ -557,6 +560,11 @@ impl<B: AutodiffBackend> Trainer<B> {
                 .iter()
                 .map(|n| (n.name.clone(), n.role.clone()))
                 .collect(),
+            collapse_every: match plan.train.get("log_every") {
+                Some(RValue::Quantity(x, _)) => *x as u64,
+                Some(RValue::Int(i)) => (*i).max(0) as u64,
+                _ => 10,
+            },
         })
     }
 
@@ -624,12 +632,20 @@ impl<B: AutodiffBackend> Trainer<B> {
         let mut acc = GradientsAccumulator::<exec::Nets<B>>::new();
         let mut loss = 0.0;
         let mut terms: Vec<(String, f64)> = Vec::new();
+        let mut extra = Vec::new();
         for b in batches.micro {
             let t = Instant::now();
             let batch = to_tensors::<B>(b, device);
             ph.data += t.elapsed().as_secs_f64();
             let t = Instant::now();
             let fwd = program.forward(&batch, &mut rng)?;
+            if extra.is_empty()
+                && self.collapse_every > 0
+                && (step.is_multiple_of(self.collapse_every) || step + 1 == self.total)
+                && let Some(z) = &fwd.embedding
+            {
+                extra = collapse_indicators(z);
+            }
             for (i, (name, v)) in fwd.terms.iter().enumerate() {
                 let v = f64::from(v.clone().into_scalar().elem::<f32>());
                 if !v.is_finite() {
@@ -687,9 +703,23 @@ impl<B: AutodiffBackend> Trainer<B> {
             lr,
             seconds: t0.elapsed().as_secs_f64() + wait,
             phases: ph,
-            extra: Vec::new(),
+            extra,
         })
     }
+}
+
+/// `rankme` and `emb_std` of a batch of embeddings (`b × d`): the effective rank (at most
+/// `min(b, d)`) and the mean per-dimension std of the L2-normalised rows (about `1/√d` when
+/// spread out, 0 when collapsed). See [`crate::eval::rankme`].
+fn collapse_indicators<B: Backend>(z: &Tensor<B, 2>) -> Vec<(String, f64)> {
+    let [n, d] = z.dims();
+    let Ok(v) = z.clone().into_data().convert::<f32>().into_vec::<f32>() else {
+        return Vec::new();
+    };
+    vec![
+        ("rankme".into(), crate::eval::rankme(&v, n, d)),
+        ("emb_std".into(), crate::eval::embedding_std(&v, n, d)),
+    ]
 }
 
 /// The path of the first trainable parameter holding a NaN or infinity, if any: a checkpoint is

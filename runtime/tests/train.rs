@@ -1,6 +1,7 @@
 //! Every method spec trains through the generic plan interpreter: 30 steps on a small fixed
 //! subset of Fashion-MNIST, every loss term finite, and the mean loss of the last 10 steps at least
-//! 3% below that of the first 10 (not just "it ran").
+//! 3% below that of the first 10 (not just "it ran"); the collapse indicators are logged where
+//! due.
 
 use canc_runtime::backend::CpuTrain;
 use canc_runtime::data;
@@ -54,6 +55,23 @@ fn trains(spec: &str, extra: &[&str]) {
         assert!(l.loss.is_finite(), "{spec} step {}: {}", l.step, l.loss);
         for (t, v) in &l.terms {
             assert!(v.is_finite(), "{spec} step {}: {t} = {v}", l.step);
+        }
+    }
+    // Collapse indicators of the embedding the contrastive loss compares, at every
+    // `train.log_every` (10) steps and the last: none for MAE, which has no such loss.
+    let contrastive = spec != "mae";
+    for l in &logs {
+        let get = |k: &str| l.extra.iter().find(|(n, _)| n == k).map(|x| x.1);
+        let due = contrastive && (l.step % 10 == 0 || l.step == 29);
+        match (get("rankme"), get("emb_std")) {
+            (Some(rank), Some(std)) => {
+                assert!(due, "{spec} step {}: indicators not due", l.step);
+                // At most min(batch, width); above 1 unless collapsed.
+                assert!((1.0..=32.0 + 1e-3).contains(&rank), "{spec}: rankme {rank}");
+                assert!(std > 0.0 && std <= 1.0, "{spec}: emb_std {std}");
+            }
+            (None, None) => assert!(!due, "{spec} step {}: indicators missing", l.step),
+            other => panic!("{spec} step {}: {other:?}", l.step),
         }
     }
     // Means over 10 steps: one step's loss moves by a few percent with its augmentation.
