@@ -1,5 +1,6 @@
 //! `canc bench`: warm-up steps, then timed training steps of a spec; images/s, ms per step split
-//! into data / forward / backward / optimizer, and achieved FLOP/s from the compiler's own count.
+//! into data / forward / backward / optimizer, achieved FLOP/s from the compiler's own count,
+//! MFU against the device's nominal peak ([`crate::peak`]), and peak memory.
 
 use burn::tensor::backend::AutodiffBackend;
 use canc_compiler::Plan;
@@ -22,6 +23,8 @@ pub struct BenchArgs {
     pub warmup: u64,
     /// Print JSON instead of a table.
     pub json: bool,
+    /// The device's peak TFLOP/s for MFU, overriding the nominal figure.
+    pub peak_tflops: Option<f64>,
 }
 
 /// Runs the benchmark; returns the exit code.
@@ -41,23 +44,36 @@ struct Measure<'a> {
     ds: &'a data::Dataset,
     batch: usize,
     total: u64,
+    /// Read the GPU memory this process holds after the steps.
+    gpu: bool,
 }
 
 impl OnBackend for Measure<'_> {
-    type Output = Result<Vec<StepLog>, TrainError>;
+    /// The step logs, and the GPU memory held after them (MiB).
+    type Output = Result<(Vec<StepLog>, Option<f64>), TrainError>;
 
     fn run<B: AutodiffBackend>(self, device: &B::Device) -> Self::Output {
         let mut program = Program::<B>::new(self.plan, device)?;
         let opts = RunOptions::new(self.total, self.batch);
         let mut trainer = Trainer::new(&program, self.ds, &opts)?;
-        (0..self.total)
+        let logs = (0..self.total)
             .map(|s| trainer.step(&mut program, self.ds, s, device))
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        // (while the program's buffers are still held)
+        let gpu_mib = if self.gpu {
+            crate::peak::gpu_memory_mib()
+        } else {
+            None
+        };
+        Ok((logs, gpu_mib))
     }
 }
 
 fn bench_inner(args: BenchArgs) -> Result<(), String> {
     let plan = args.plan;
+    if let Some(w) = canc_runtime::backend::precision_warning(&plan) {
+        eprintln!("warning: {w}");
+    }
     let batch = cost::plan_batch(&plan) as usize;
     let ds = data::load(&plan.data, None).map_err(|e| e.to_string())?;
     let total = args.warmup + args.steps;
@@ -66,8 +82,9 @@ fn bench_inner(args: BenchArgs) -> Result<(), String> {
         ds: &ds,
         batch,
         total,
+        gpu: args.device != DeviceSpec::Cpu,
     };
-    let logs = dispatch(args.device, work)
+    let (logs, gpu_mib) = dispatch(args.device, work)
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     let timed = &logs[args.warmup as usize..];
@@ -86,6 +103,19 @@ fn bench_inner(args: BenchArgs) -> Result<(), String> {
     let median = secs.get(secs.len() / 2).copied().unwrap_or(0.0);
     let flops = cost::step_cost_at(&plan, batch as u64).train_flops_per_image() * batch as f64;
     let threads = rayon::current_num_threads();
+    let peak = match (args.peak_tflops, args.device) {
+        (Some(tf), _) => Some(crate::peak::Peak {
+            flops: tf * 1e12,
+            source: "--peak-tflops".into(),
+        }),
+        (None, DeviceSpec::Cpu) => crate::peak::cpu_peak(threads),
+        (None, DeviceSpec::Cuda(i)) => {
+            crate::peak::gpu_name(i).and_then(|name| crate::peak::gpu_peak_for(&name, "f32"))
+        }
+    };
+    let achieved = flops / mean;
+    let mfu = peak.as_ref().map(|p| achieved / p.flops);
+    let host_mib = crate::peak::host_peak_mib();
     if args.json {
         let obj = serde_json::json!({
             "spec": plan.spec, "device": args.device.to_string(), "batch": batch,
@@ -94,7 +124,10 @@ fn bench_inner(args: BenchArgs) -> Result<(), String> {
             "images_per_s": batch as f64 / mean,
             "data_ms": ph.data * 1e3, "forward_ms": ph.forward * 1e3,
             "backward_ms": ph.backward * 1e3, "optimizer_ms": ph.optimizer * 1e3,
-            "train_flop_per_step": flops, "achieved_tflops": flops / mean / 1e12,
+            "train_flop_per_step": flops, "achieved_tflops": achieved / 1e12,
+            "peak_tflops": peak.as_ref().map(|p| p.flops / 1e12),
+            "peak_source": peak.as_ref().map(|p| p.source.clone()), "mfu": mfu,
+            "host_peak_mib": host_mib, "gpu_memory_mib": gpu_mib,
         });
         println!("{obj}");
         return Ok(());
@@ -119,7 +152,17 @@ fn bench_inner(args: BenchArgs) -> Result<(), String> {
     println!(
         "  model FLOPs {:.2} GFLOP/step (canc cost), achieved {:.1} GFLOP/s",
         flops / 1e9,
-        flops / mean / 1e9
+        achieved / 1e9
     );
+    match (&peak, mfu) {
+        (Some(p), Some(m)) => println!("  MFU {:.1}% of {}", 100.0 * m, p.source),
+        _ => println!("  MFU unknown: no nominal peak for this device (give --peak-tflops)"),
+    }
+    if let Some(m) = host_mib {
+        println!("  peak host memory {m:.0} MiB (resident, dataset included)");
+    }
+    if let Some(m) = gpu_mib {
+        println!("  GPU memory held {m:.0} MiB (nvidia-smi, after the timed steps)");
+    }
     Ok(())
 }

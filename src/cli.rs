@@ -193,6 +193,10 @@ enum Command {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+        /// The device's peak TFLOP/s for MFU (default: the nominal f32 peak of the CPU's cores,
+        /// or the GPU model's datasheet figure).
+        #[arg(long, value_name = "TFLOPS")]
+        peak_tflops: Option<f64>,
     },
     /// Draw the loss graph: stop-gradient edges dashed, EMA edges labelled, loss weights shown.
     Graph {
@@ -327,6 +331,7 @@ pub fn main() -> ExitCode {
             steps,
             warmup,
             json,
+            peak_tflops,
         } => {
             let device = match device_arg(&device) {
                 Ok(d) => d,
@@ -345,6 +350,7 @@ pub fn main() -> ExitCode {
                 steps,
                 warmup,
                 json,
+                peak_tflops,
             })
         }
         Command::Run {

@@ -6,6 +6,7 @@ mod cli;
 mod eval;
 mod export;
 mod monitor;
+mod peak;
 mod plot;
 mod progress;
 mod run;

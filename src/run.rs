@@ -423,6 +423,9 @@ fn execute(
     });
     opts.stop = Some(stop_flag());
     opts.time_limit = time_limit(&plan);
+    if let Some(w) = canc_runtime::backend::precision_warning(&plan) {
+        eprintln!("warning: {w}");
+    }
     eprintln!(
         "    Training `{}` on {device} for {} steps of {} images -> {}",
         plan.spec,

@@ -116,6 +116,18 @@ pub fn cuda_driver_present() -> bool {
         .any(|p| std::path::Path::new(p).exists())
 }
 
+/// The warning for a plan whose `train.precision` the runtime does not implement: every backend
+/// trains in f32 (Burn 0.21 has no autocast or f32 master weights; see BENCHMARKS.md).
+pub fn precision_warning(plan: &canc_compiler::Plan) -> Option<String> {
+    let p = plan.train.get("precision").and_then(|v| v.as_str())?;
+    (p != "f32").then(|| {
+        format!(
+            "train.precision = {p} is not implemented yet: training in f32 \
+             (set train.precision = f32 to silence this)"
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
