@@ -137,15 +137,18 @@ fn run<B: AutodiffBackend>(args: EvalArgs, device: &B::Device) -> Result<(), Str
     };
     let feat_s = t_feat.elapsed().as_secs_f64();
     let (n, d) = (set.test.n, set.test.d);
-    let collapse = if d <= 1024 {
-        format!(
-            "; RankMe {:.1} of {d}, std/dim {:.4} (1/sqrt(d) = {:.4})",
+    let indicators = (d <= 1024).then(|| {
+        (
             eval::rankme(&set.test.data, n, d),
             eval::embedding_std(&set.test.data, n, d),
-            1.0 / (d as f64).sqrt()
         )
-    } else {
-        String::new()
+    });
+    let collapse = match indicators {
+        Some((rank, std)) => format!(
+            "; RankMe {rank:.1} of {d}, std/dim {std:.4} (1/sqrt(d) = {:.4})",
+            1.0 / (d as f64).sqrt()
+        ),
+        None => String::new(),
     };
     eprintln!(
         "    Features `{}` ({d} dims) in {feat_s:.1} s{collapse}",
@@ -164,6 +167,8 @@ fn run<B: AutodiffBackend>(args: EvalArgs, device: &B::Device) -> Result<(), Str
     );
     for r in &mut results {
         r.step = step;
+        r.rankme = indicators.map(|x| x.0);
+        r.emb_std = indicators.map(|x| x.1);
         println!(
             "{:<8} {:<22} {:>7} {:>7} {:>5} {:>8.2}% {:>8.1}  {}",
             r.protocol,

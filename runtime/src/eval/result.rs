@@ -26,6 +26,12 @@ pub struct EvalResult {
     pub step: Option<u64>,
     /// Wall time of the protocol (after feature extraction), in seconds.
     pub seconds: f64,
+    /// RankMe of the evaluated set's features (`None`: not computed, d > 1024).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rankme: Option<f64>,
+    /// Mean per-dimension std of the evaluated set's L2-normalised features.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emb_std: Option<f64>,
 }
 
 impl EvalResult {
@@ -47,6 +53,8 @@ impl EvalResult {
             features: set.name.clone(),
             step: None,
             seconds,
+            rankme: None,
+            emb_std: None,
         }
     }
 
