@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The standing GPU checks, run on a CUDA machine from the repository root with a binary built
 # elsewhere by `cargo build --release --features cuda`:
-#   1. `canc bench` of the CAN spec on the GPU, and the PyTorch reference of the same model
-#      (eager f32, eager bf16 autocast, torch.compile bf16) in the same call;
+#   1. `canc bench` of the CAN spec on the GPU in f32 and in bf16 (`train.precision = bf16`:
+#      autocast matrix products, f32 master weights), and the PyTorch reference of the same
+#      model (eager f32, eager bf16 autocast, torch.compile bf16) in the same call;
 #   2. every method spec in specs/ trains on CUDA (`canc run --smoke --device cuda`).
 # Results go to $OUT (default bench-out/). Environment:
 #   BIN   the canc binary (default target-cuda/release/canc)
@@ -23,6 +24,11 @@ echo "== canc bench CAN, batch $BATCH" | tee -a "$OUT/summary.txt"
 timeout "${T_BENCH:-240}" "$BIN" bench specs/can.canspec --device cuda --batch "$BATCH" --steps "$STEPS" --warmup 3 \
   "${SET[@]}" > "$OUT/canc_can.txt" 2> "$OUT/canc_can.err"
 echo "rc=$?" >> "$OUT/summary.txt"; cat "$OUT/canc_can.txt" >> "$OUT/summary.txt"
+
+echo "== canc bench CAN bf16, batch $BATCH" | tee -a "$OUT/summary.txt"
+timeout "${T_BENCH:-240}" "$BIN" bench specs/can.canspec --device cuda --batch "$BATCH" --steps "$STEPS" --warmup 3 \
+  --set train.precision=bf16 "${SET[@]}" > "$OUT/canc_can_bf16.txt" 2> "$OUT/canc_can_bf16.err"
+echo "rc=$?" >> "$OUT/summary.txt"; cat "$OUT/canc_can_bf16.txt" >> "$OUT/summary.txt"
 
 for cfg in ${TORCH_CFGS:-"eager:f32" "eager:bf16" "compile:bf16"}; do
   set -- ${cfg/:/ }

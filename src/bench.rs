@@ -71,7 +71,7 @@ impl OnBackend for Measure<'_> {
 
 fn bench_inner(args: BenchArgs) -> Result<(), String> {
     let plan = args.plan;
-    if let Some(w) = canc_runtime::backend::precision_warning(&plan) {
+    if let Some(w) = canc_runtime::backend::precision_warning(&plan, args.device) {
         eprintln!("warning: {w}");
     }
     let batch = cost::plan_batch(&plan) as usize;

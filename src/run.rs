@@ -423,7 +423,7 @@ fn execute(
     });
     opts.stop = Some(stop_flag());
     opts.time_limit = time_limit(&plan);
-    if let Some(w) = canc_runtime::backend::precision_warning(&plan) {
+    if let Some(w) = canc_runtime::backend::precision_warning(&plan, device) {
         eprintln!("warning: {w}");
     }
     eprintln!(

@@ -116,15 +116,15 @@ pub fn cuda_driver_present() -> bool {
         .any(|p| std::path::Path::new(p).exists())
 }
 
-/// The warning for a plan whose `train.precision` the runtime does not implement: every backend
-/// trains in f32 (Burn 0.21 has no autocast or f32 master weights; see BENCHMARKS.md).
-pub fn precision_warning(plan: &canc_compiler::Plan) -> Option<String> {
+/// A warning for `plan`'s `train.precision` on `device`, if it needs one: bf16 on the CPU
+/// rounds the matrix products' inputs like a GPU would, but Burn's CPU backend has no bf16
+/// kernels (it converts to f32), so it is slower, not faster.
+pub fn precision_warning(plan: &canc_compiler::Plan, device: DeviceSpec) -> Option<String> {
     let p = plan.train.get("precision").and_then(|v| v.as_str())?;
-    (p != "f32").then(|| {
-        format!(
-            "train.precision = {p} is not implemented yet: training in f32 \
-             (set train.precision = f32 to silence this)"
-        )
+    (p == "bf16" && device == DeviceSpec::Cpu).then(|| {
+        "train.precision = bf16 on the CPU: the matrix products' inputs are rounded to bf16, \
+         but the CPU backend computes in f32 (no bf16 kernels), so this is slower than f32"
+            .to_string()
     })
 }
 

@@ -6,7 +6,7 @@ use crate::loss;
 use crate::nn::{self, Network};
 use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{FloatDType, Int, Tensor, TensorData};
 use canc_compiler::ir::{Dist, MaskStrategy, NetKind, Op, PoolMode, Port, Selection};
 use canc_compiler::plan::{Plan, Role, Step};
 use canc_compiler::shape::Fact;
@@ -31,6 +31,22 @@ pub enum ExecError {
     /// The batch lacks a view or labels a step needs.
     #[error("the batch has no input for step `{0}`")]
     MissingInput(String),
+    /// `train.precision` names a precision the runtime does not train in.
+    #[error(
+        "train.precision = {0} is not supported: f16 needs loss scaling, which canc does not \
+         implement; use bf16 (f32's range, no scaling needed) or f32"
+    )]
+    Precision(String),
+}
+
+/// The dtype of the transformer blocks' matrix products for `plan`'s `train.precision`:
+/// `None` for f32, bf16 for bf16 (autocast, f32 master weights); f16 is refused.
+pub fn matmul_dtype(plan: &Plan) -> Result<Option<FloatDType>, ExecError> {
+    match plan.train.get("precision").and_then(|v| v.as_str()) {
+        None | Some("f32") => Ok(None),
+        Some("bf16") => Ok(Some(FloatDType::BF16)),
+        Some(other) => Err(ExecError::Precision(other.to_string())),
+    }
 }
 
 /// The trainable networks of a plan, in plan order (EMA networks are not here).
@@ -104,14 +120,16 @@ impl<B: AutodiffBackend> Program<B> {
             .and_then(canc_compiler::resolved::RValue::as_i64)
             .unwrap_or(0) as u64;
         B::seed(device, seed);
+        let matmul = matmul_dtype(&plan)?;
         let mut nets = Vec::new();
         let mut index = HashMap::new();
         for n in &plan.networks {
             if matches!(n.role, Role::Ema { .. }) {
                 continue;
             }
-            let net = nn::build::<B>(n, device)
+            let mut net = nn::build::<B>(n, device)
                 .map_err(|e| ExecError::Build(n.name.clone(), e.to_string()))?;
+            net.set_matmul(matmul);
             index.insert(n.name.clone(), nets.len());
             nets.push(net);
         }

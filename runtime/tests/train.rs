@@ -98,6 +98,18 @@ fn can_trains() {
 }
 
 #[test]
+fn can_trains_in_bf16() {
+    trains(
+        "can",
+        &[
+            "network.decoder.dim=64",
+            "network.decoder.heads=2",
+            "train.precision=bf16",
+        ],
+    );
+}
+
+#[test]
 fn mae_trains() {
     trains(
         "mae",

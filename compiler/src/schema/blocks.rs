@@ -579,9 +579,10 @@ pub const BLOCKS: &[BlockSchema] = &[
                 ),
                 field(
                     "precision",
-                    Ty::Enum(&["f32", "bf16", "f16"]),
+                    Ty::Enum(&["f32", "bf16"]),
                     Lit("f32"),
-                    "compute precision",
+                    "precision of the transformer blocks' matrix products: bf16 = autocast \
+                     with f32 master weights (f16 would need loss scaling: not supported)",
                 ),
                 field(
                     "log_every",

@@ -1,16 +1,19 @@
 //! The pre-norm transformer block of ViT and the MAE decoder.
 
-use super::{linear3, xavier_linear};
+use super::{linear_as, linear3_as, xavier_linear};
 use crate::ops;
 use burn::module::Module;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{Distribution, FloatDType, Tensor};
 
 /// A pre-norm transformer block (timm's ViT `Block`):
 /// `x + attn(ln1(x))`, then `x + mlp(ln2(x))`, with multi-head self-attention through one
 /// `d → 3d` qkv projection (output laid out `(3, heads, d/heads)`) and a `d → h → d` GELU MLP.
 /// Every Linear has a bias. LayerNorm, attention and GELU run as fused ops ([`crate::ops`]).
+/// With [`Block::matmul`] set (a spec's `train.precision = bf16`), the matrix products (the four
+/// Linear layers, and attention off the fused CPU path) run in that dtype on f32 weights and
+/// f32 activations between them: autocast with f32 master weights.
 #[derive(Module, Debug)]
 pub struct Block<B: Backend> {
     /// LayerNorm before attention.
@@ -31,6 +34,9 @@ pub struct Block<B: Backend> {
     pub drop_path: f64,
     /// LayerNorm epsilon of `norm1` and `norm2`.
     pub eps: f64,
+    /// The dtype of the matrix products (`None`: f32); not part of the record.
+    #[module(skip)]
+    pub matmul: Option<FloatDType>,
 }
 
 impl<B: Backend> Block<B> {
@@ -56,6 +62,7 @@ impl<B: Backend> Block<B> {
             heads,
             drop_path,
             eps,
+            matmul: None,
         }
     }
 
@@ -65,15 +72,22 @@ impl<B: Backend> Block<B> {
         let x = x + self.drop(a);
         let [b, t, d] = x.dims();
         let h = ops::layer_norm(&self.norm2, self.eps, x.clone()).reshape([b * t, d]);
-        let h = self.fc2.forward(ops::gelu(self.fc1.forward(h)));
+        let h = linear_as(&self.fc1, h, self.matmul);
+        let h = linear_as(&self.fc2, ops::gelu(h), self.matmul);
         x + self.drop(h.reshape([b, t, d]))
     }
 
     /// Multi-head self-attention of `[B, T, d]` tokens: the packed `d → 3d` projection, the
     /// fused attention over it, the output projection.
     fn attention(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let qkv = linear3(&self.qkv, x);
-        linear3(&self.proj, ops::attention(qkv, self.heads))
+        let qkv = linear3_as(&self.qkv, x, self.matmul);
+        let a = match self.matmul {
+            Some(dt) if !ops::fused_attention::<B>() => {
+                ops::attention(qkv.cast(dt), self.heads).cast(FloatDType::F32)
+            }
+            _ => ops::attention(qkv, self.heads),
+        };
+        linear3_as(&self.proj, a, self.matmul)
     }
 
     /// Stochastic depth on a residual branch `[B, T, d]`: while training (an autodiff

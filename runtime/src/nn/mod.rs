@@ -22,8 +22,8 @@ pub use vit::{Vit, VitConfig};
 
 use burn::module::{Initializer, Module, Param};
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use burn::tensor::{FloatDType, Tensor};
 use canc_compiler::RValue;
 use canc_compiler::ir::NetKind;
 use canc_compiler::plan::NetworkPlan;
@@ -92,6 +92,19 @@ impl<B: Backend> Network<B> {
             Network::Vit(n) => n.num_params(),
             Network::Decoder(n) => n.num_params(),
             Network::Mlp(n) => n.param_count(),
+        }
+    }
+
+    /// Runs the transformer blocks' matrix products in `dtype` (`None`: f32); see
+    /// [`Block::matmul`]. MLPs, patch embeddings and heads stay f32.
+    pub fn set_matmul(&mut self, dtype: Option<FloatDType>) {
+        let blocks = match self {
+            Network::Vit(n) => &mut n.blocks,
+            Network::Decoder(n) => &mut n.blocks,
+            Network::Mlp(_) => return,
+        };
+        for b in blocks {
+            b.matmul = dtype;
         }
     }
 
@@ -282,10 +295,41 @@ pub(crate) fn token_param<B: Backend>(
 /// `linear` applied to the last dimension of a `[B, T, D]` tensor through a 2-D `[B·T, D]`
 /// view (Burn's 3-D Linear runs one GEMM per batch entry and a slow weight gradient).
 pub(crate) fn linear3<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    linear3_as(linear, x, None)
+}
+
+/// [`linear3`] with its matrix product in `dtype` ([`linear_as`]).
+pub(crate) fn linear3_as<B: Backend>(
+    linear: &Linear<B>,
+    x: Tensor<B, 3>,
+    dtype: Option<FloatDType>,
+) -> Tensor<B, 3> {
     let [b, t, d] = x.dims();
-    let y = linear.forward(x.reshape([b * t, d]));
+    let y = linear_as(linear, x.reshape([b * t, d]), dtype);
     let out = y.dims()[1];
     y.reshape([b, t, out])
+}
+
+/// `linear` on `[N, D]` rows with its matrix product in `dtype` (autocast): the input and the
+/// f32 weight are cast, multiplied, and the product cast back to f32 before the f32 bias is
+/// added. The weights stay f32 (the optimizer's master copy); the casts' backward casts the
+/// gradients back, so they reach the weights in f32. `None`: plain f32.
+pub(crate) fn linear_as<B: Backend>(
+    linear: &Linear<B>,
+    x: Tensor<B, 2>,
+    dtype: Option<FloatDType>,
+) -> Tensor<B, 2> {
+    let Some(dt) = dtype else {
+        return linear.forward(x);
+    };
+    let y = x
+        .cast(dt)
+        .matmul(linear.weight.val().cast(dt))
+        .cast(FloatDType::F32);
+    match &linear.bias {
+        Some(bias) => y + bias.val().unsqueeze_dim(0),
+        None => y,
+    }
 }
 
 /// The side of a square grid of `grid` positions, if it is one.

@@ -131,6 +131,12 @@ pub fn attention<B: Backend>(qkv: Tensor<B, 3>, heads: usize) -> Tensor<B, 3> {
     reference::attention(qkv, heads)
 }
 
+/// Whether [`attention`] runs the fused f32 CPU kernel for backend `B` (which then takes f32
+/// input only).
+pub fn fused_attention<B: Backend>() -> bool {
+    same::<B, CpuTrain>() || same::<B, Cpu>()
+}
+
 /// Whether `A` and `B` are the same type and the fused kernels are on ([`fused_enabled`]).
 fn same<A: Any, B: Any>() -> bool {
     TypeId::of::<A>() == TypeId::of::<B>() && fused_enabled()
