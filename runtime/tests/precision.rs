@@ -111,8 +111,20 @@ fn bf16_rounds_the_products_keeps_f32_master_weights_and_stays_close_to_f32() {
 
 #[test]
 fn f16_is_refused_with_a_reason() {
+    // The checker does not offer it ...
+    let res = canc_compiler::resolve_path(
+        "../specs/can.canspec".as_ref(),
+        &["train.precision=f16".to_string()],
+    );
+    assert!(res.has_errors(), "the checker accepted f16");
+    // ... and the runtime refuses a plan that has it anyway (a hand-edited plan.ron).
+    let mut p = plan("f32");
+    p.train.insert(
+        "precision".into(),
+        canc_compiler::RValue::Ident("f16".into()),
+    );
     let device = Default::default();
-    let err = Program::<CpuTrain>::new(plan("f16"), &device).expect_err("f16 is refused");
+    let err = Program::<CpuTrain>::new(p, &device).expect_err("f16 is refused");
     assert!(matches!(err, ExecError::Precision(_)), "{err}");
     let msg = err.to_string();
     assert!(
