@@ -120,8 +120,11 @@ pub fn cuda_driver_present() -> bool {
 /// rounds the matrix products' inputs like a GPU would, but Burn's CPU backend has no bf16
 /// kernels (it converts to f32), so it is slower, not faster.
 pub fn precision_warning(plan: &canc_compiler::Plan, device: DeviceSpec) -> Option<String> {
-    let p = plan.train.get("precision").and_then(|v| v.as_str())?;
-    (p == "bf16" && device == DeviceSpec::Cpu).then(|| {
+    let bf16 = matches!(
+        crate::exec::matmul_dtype(plan),
+        Ok(Some(burn::tensor::FloatDType::BF16))
+    );
+    (bf16 && device == DeviceSpec::Cpu).then(|| {
         "train.precision = bf16 on the CPU: the matrix products' inputs are rounded to bf16, \
          but the CPU backend computes in f32 (no bf16 kernels), so this is slower than f32"
             .to_string()

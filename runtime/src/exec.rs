@@ -245,6 +245,16 @@ fn forward<B: AutodiffBackend>(
                 .get(&i.value)
                 .ok_or_else(|| err(step, format!("`{}` not computed", i.value)))
         };
+        // The first embedding an embedding loss compares: the one the collapse indicators watch.
+        if embedding.is_none()
+            && matches!(
+                step.op,
+                Op::InfoNce { .. } | Op::InfoNceQk { .. } | Op::SupCon { .. } | Op::Cosine
+            )
+            && let Value::Emb(a) = get(Port::Arg(0))?
+        {
+            embedding = Some(a.clone().detach());
+        }
         let out: Vec<(String, Value<B>)> = match &step.op {
             Op::View { .. } => {
                 let x = batch
@@ -387,7 +397,6 @@ fn forward<B: AutodiffBackend>(
                 sum_views,
             } => {
                 let (a, b) = two_emb(step, get(Port::Arg(0))?, get(Port::Arg(1))?)?;
-                embedding.get_or_insert_with(|| a.clone().detach());
                 vec![(
                     step.name.clone(),
                     Value::Scalar(loss::infonce(a, b, *temperature, *sum_views)),
@@ -398,7 +407,6 @@ fn forward<B: AutodiffBackend>(
                 scale_2tau,
             } => {
                 let (a, b) = two_emb(step, get(Port::Arg(0))?, get(Port::Arg(1))?)?;
-                embedding.get_or_insert_with(|| a.clone().detach());
                 vec![(
                     step.name.clone(),
                     Value::Scalar(loss::infonce_qk(a, b, *temperature, *scale_2tau)),
@@ -409,7 +417,6 @@ fn forward<B: AutodiffBackend>(
                 base_temperature,
             } => {
                 let (a, b) = two_emb(step, get(Port::Arg(0))?, get(Port::Arg(1))?)?;
-                embedding.get_or_insert_with(|| a.clone().detach());
                 let Value::Labels(l) = get(Port::Kw("labels"))? else {
                     return Err(err(step, "supcon needs labels"));
                 };
@@ -426,7 +433,6 @@ fn forward<B: AutodiffBackend>(
             }
             Op::Cosine => {
                 let (a, b) = two_emb(step, get(Port::Arg(0))?, get(Port::Arg(1))?)?;
-                embedding.get_or_insert_with(|| a.clone().detach());
                 vec![(step.name.clone(), Value::Scalar(loss::cosine(a, b)))]
             }
             Op::Mse { on } | Op::L1 { on } => {
