@@ -1,49 +1,105 @@
 #!/usr/bin/env bash
 # The standing GPU checks, run on a CUDA machine from the repository root with a binary built
-# elsewhere by `cargo build --release --features cuda`:
-#   1. `canc bench` of the CAN spec on the GPU in f32 and in bf16 (`train.precision = bf16`:
-#      autocast matrix products, f32 master weights), and the PyTorch reference of the same
-#      model (eager f32, eager bf16 autocast, torch.compile bf16) in the same call;
-#   2. every method spec in specs/ trains on CUDA (`canc run --smoke --device cuda`).
-# Results go to $OUT (default bench-out/). Environment:
-#   BIN   the canc binary (default target-cuda/release/canc)
-#   DATA  a folder with the Fashion-MNIST IDX .gz files (default: the spec's, the Debian path)
-#   SKIP_SMOKE=1 skips step 2; BATCH (default 256), STEPS (default 10).
+# elsewhere by `cargo build --release --features cuda`. In priority order (a deadline skips
+# whatever is left, so the first items are the ones that always come back):
+#   1. `canc bench` of specs/can.canspec in f32 and bf16 and the PyTorch reference of the same
+#      model (eager f32, eager bf16 autocast);
+#   2. the same for a ViT-S/4 at 32 px (bench/specs/vit_s4_32.canspec) and a ViT-B/16 at 224 px
+#      (bench/specs/vit_b16_224.canspec) in bf16, against PyTorch eager and torch.compile bf16;
+#   3. torch.compile bf16 of the CAN spec's model;
+#   4. every method spec in specs/ trains on CUDA (`canc run --smoke --device cuda`).
+# Output (few files, as the device tool returns at most 8): $OUT/results.jsonl (one JSON object
+# per run: name, rc, wall ms, the tool's own JSON), $OUT/log.txt, $OUT/machine.txt.
+# Environment:
+#   BIN       the canc binary (default target-cuda/release/canc)
+#   DATA      a folder with the Fashion-MNIST IDX .gz files (default: the spec's, the Debian path)
+#   DEVICE    cuda (default) or cpu, for a dry run of this script on a machine without a GPU
+#   DEADLINE  seconds after which nothing new starts (default 540)
+#   STEPS (10), WARMUP (3), B_CAN (256), B_S (256), B_B (128): timed steps, warm-up, batches
+#   ONLY      a regex of run names to keep (e.g. 'canc_|torch_can'); SKIP_SMOKE=1
+# Every run starts cold (a bare machine: no CUDA kernel cache, no Inductor cache), so the limits
+# below include JIT compilation: on an H200, torch.compile of the ViT-S/4 model took over 100 s,
+# and a canc built with `--features cuda-fusion` over 235 s (BENCHMARKS.md). canc's bench prints
+# each step's time on stderr, which log.txt keeps, so a run cut off shows how far it got.
 set -u
 BIN=${BIN:-target-cuda/release/canc}
 OUT=${OUT:-bench-out}
-BATCH=${BATCH:-256}
+DEVICE=${DEVICE:-cuda}
+DEADLINE=${DEADLINE:-540}
 STEPS=${STEPS:-10}
+WARMUP=${WARMUP:-3}
+PY=${PY:-python3}
 mkdir -p "$OUT"
+START=$(date +%s)
 SET=()
 if [ -n "${DATA:-}" ]; then SET=(--set "data.path=\"$DATA\""); fi
 chmod +x "$BIN" 2>/dev/null
-{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; } > "$OUT/machine.txt" 2>&1
+{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1;
+  "$PY" -c 'import torch; print("torch", torch.__version__)' 2>&1; nproc; } > "$OUT/machine.txt"
 
-echo "== canc bench CAN, batch $BATCH" | tee -a "$OUT/summary.txt"
-timeout "${T_BENCH:-240}" "$BIN" bench specs/can.canspec --device cuda --batch "$BATCH" --steps "$STEPS" --warmup 3 \
-  "${SET[@]}" > "$OUT/canc_can.txt" 2> "$OUT/canc_can.err"
-echo "rc=$?" >> "$OUT/summary.txt"; cat "$OUT/canc_can.txt" >> "$OUT/summary.txt"
+# rec NAME LIMIT CMD...: runs CMD (which prints one JSON object) under `timeout`, appends
+# {"name", "rc", "ms", "result"} to results.jsonl and the stderr tail to log.txt.
+rec() {
+  local name=$1 limit=$2; shift 2
+  if [ -n "${ONLY:-}" ] && ! [[ $name =~ $ONLY ]]; then return; fi
+  local left=$((DEADLINE - ($(date +%s) - START)))
+  if [ "$left" -lt 15 ]; then echo "skip $name (deadline)" | tee -a "$OUT/log.txt"; return; fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  local t0 out rc
+  t0=$(date +%s%N)
+  out=$(timeout "$limit" "$@" 2> /tmp/gpu_sh_err)
+  rc=$?
+  local dt=$(( ($(date +%s%N) - t0) / 1000000 ))
+  local result
+  result=$(printf '%s\n' "$out" | grep '^{' | tail -1)
+  [ -z "$result" ] && result=null
+  printf '{"name": "%s", "rc": %d, "ms": %d, "result": %s}\n' "$name" "$rc" "$dt" "$result" \
+    >> "$OUT/results.jsonl"
+  { echo "== $name rc=$rc ${dt}ms"; tail -c 1500 /tmp/gpu_sh_err; } >> "$OUT/log.txt"
+  echo "$name rc=$rc ${dt}ms"
+}
 
-echo "== canc bench CAN bf16, batch $BATCH" | tee -a "$OUT/summary.txt"
-timeout "${T_BENCH:-240}" "$BIN" bench specs/can.canspec --device cuda --batch "$BATCH" --steps "$STEPS" --warmup 3 \
-  --set train.precision=bf16 "${SET[@]}" > "$OUT/canc_can_bf16.txt" 2> "$OUT/canc_can_bf16.err"
-echo "rc=$?" >> "$OUT/summary.txt"; cat "$OUT/canc_can_bf16.txt" >> "$OUT/summary.txt"
+canc() { # canc NAME LIMIT SPEC BATCH [extra args]
+  local name=$1 limit=$2 spec=$3 batch=$4; shift 4
+  rec "$name" "$limit" "$BIN" bench "$spec" --device "$DEVICE" --batch "$batch" --steps "$STEPS" \
+    --warmup "$WARMUP" --json "$@"
+}
+torch() { # torch NAME LIMIT MODEL BATCH MODE DTYPE
+  rec "$1" "$2" "$PY" bench/reference.py --model "$3" --device "$DEVICE" --batch "$4" \
+    --steps "$STEPS" --warmup "$WARMUP" --mode "$5" --dtype "$6" --json
+}
 
-for cfg in ${TORCH_CFGS:-"eager:f32" "eager:bf16" "compile:bf16"}; do
-  set -- ${cfg/:/ }
-  echo "== torch $1 $2, batch $BATCH" | tee -a "$OUT/summary.txt"
-  timeout "${T_TORCH:-180}" python3 bench/reference.py --device cuda --batch "$BATCH" --steps "$STEPS" --warmup 3 \
-    --mode "$1" --dtype "$2" > "$OUT/torch_$1_$2.txt" 2> "$OUT/torch_$1_$2.err"
-  echo "rc=$?" >> "$OUT/summary.txt"; cat "$OUT/torch_$1_$2.txt" >> "$OUT/summary.txt"
-done
+B_CAN=${B_CAN:-256}
+canc canc_can_f32 120 specs/can.canspec "$B_CAN" "${SET[@]}"
+canc canc_can_bf16 120 specs/can.canspec "$B_CAN" --set train.precision=bf16 "${SET[@]}"
+torch torch_can_eager_f32 45 can "$B_CAN" eager f32
+torch torch_can_eager_bf16 45 can "$B_CAN" eager bf16
+
+B_S=${B_S:-256}
+canc canc_vit_s4_32_bf16 120 bench/specs/vit_s4_32.canspec "$B_S" --set train.precision=bf16
+torch torch_vit_s4_32_eager_bf16 45 vit_s4_32 "$B_S" eager bf16
+torch torch_vit_s4_32_compile_bf16 150 vit_s4_32 "$B_S" compile bf16
+
+B_B=${B_B:-128}
+canc canc_vit_b16_224_bf16 150 bench/specs/vit_b16_224.canspec "$B_B" --set train.precision=bf16
+torch torch_vit_b16_224_eager_bf16 50 vit_b16_224 "$B_B" eager bf16
+torch torch_vit_b16_224_compile_bf16 180 vit_b16_224 "$B_B" compile bf16
+
+torch torch_can_compile_bf16 90 can "$B_CAN" compile bf16
+canc canc_vit_s4_32_f32 60 bench/specs/vit_s4_32.canspec "$B_S"
 
 if [ -z "${SKIP_SMOKE:-}" ]; then
   for spec in specs/*.canspec; do
     name=$(basename "$spec" .canspec)
-    timeout "${T_SMOKE:-120}" "$BIN" run "$spec" --smoke --device cuda "${SET[@]}" --out "$OUT/runs/$name" \
-      > "$OUT/smoke_$name.log" 2>&1
-    echo "smoke $name rc=$? $(tail -1 "$OUT/smoke_$name.log")" | tee -a "$OUT/summary.txt"
-    rm -rf "$OUT/runs/$name/checkpoints"
+    [ -n "${ONLY:-}" ] && ! [[ smoke_$name =~ $ONLY ]] && continue
+    left=$((DEADLINE - ($(date +%s) - START)))
+    if [ "$left" -lt 20 ]; then echo "skip smoke_$name (deadline)" | tee -a "$OUT/log.txt"; continue; fi
+    limit=45; [ "$limit" -gt "$left" ] && limit=$left
+    timeout "$limit" "$BIN" run "$spec" --smoke --device "$DEVICE" "${SET[@]}" \
+      --out "/tmp/gpu_sh_runs/$name" > /tmp/gpu_sh_smoke 2>&1
+    rc=$?
+    echo "smoke $name rc=$rc $(tail -1 /tmp/gpu_sh_smoke)" | tee -a "$OUT/log.txt"
+    [ "$rc" -ne 0 ] && tail -c 1500 /tmp/gpu_sh_smoke >> "$OUT/log.txt"
   done
 fi
+echo "total $(( $(date +%s) - START ))s" | tee -a "$OUT/log.txt"

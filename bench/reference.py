@@ -71,6 +71,20 @@ class ModelConfig:
 
 MODELS = {
     "can": ModelConfig(),
+    # ViT-S/4 at 32 px (64 patches) with a 4×256 decoder (8 heads), 3 channels; for GPU runs.
+    # `bench/specs/vit_s4_32.canspec` is the same model in canc.
+    "vit_s4_32": ModelConfig(
+        image=32,
+        channels=3,
+        patch=4,
+        dim=384,
+        depth=12,
+        heads=6,
+        dec_dim=256,
+        dec_depth=4,
+        dec_heads=8,
+        proj_hidden=384,
+    ),
     # ViT-B/16 at 224 px with MAE's 8×512 decoder (16 heads), 3 channels; for GPU runs.
     "vit_b16_224": ModelConfig(
         image=224,

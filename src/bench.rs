@@ -44,6 +44,8 @@ struct Measure<'a> {
     ds: &'a data::Dataset,
     batch: usize,
     total: u64,
+    /// The first `warmup` steps are untimed (for the progress lines).
+    warmup: u64,
     /// Read the GPU memory this process holds after the steps.
     gpu: bool,
 }
@@ -56,9 +58,20 @@ impl OnBackend for Measure<'_> {
         let mut program = Program::<B>::new(self.plan, device)?;
         let opts = RunOptions::new(self.total, self.batch);
         let mut trainer = Trainer::new(&program, self.ds, &opts)?;
-        let logs = (0..self.total)
-            .map(|s| trainer.step(&mut program, self.ds, s, device))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut logs = Vec::with_capacity(self.total as usize);
+        for s in 0..self.total {
+            let log = trainer.step(&mut program, self.ds, s, device)?;
+            // On stderr, so that a slow warm-up (a GPU backend's kernel compilation) shows
+            // where it is; `--json` keeps stdout to the one object.
+            let phase = if s < self.warmup { "warm-up" } else { "timed" };
+            eprintln!(
+                "  step {}/{} ({phase}) {:.1} ms",
+                s + 1,
+                self.total,
+                log.seconds * 1e3
+            );
+            logs.push(log);
+        }
         // (while the program's buffers are still held)
         let gpu_mib = if self.gpu {
             crate::peak::gpu_memory_mib()
@@ -82,6 +95,7 @@ fn bench_inner(args: BenchArgs) -> Result<(), String> {
         ds: &ds,
         batch,
         total,
+        warmup: args.warmup,
         gpu: args.device != DeviceSpec::Cpu,
     };
     let (logs, gpu_mib) = dispatch(args.device, work)
@@ -103,6 +117,11 @@ fn bench_inner(args: BenchArgs) -> Result<(), String> {
     let median = secs.get(secs.len() / 2).copied().unwrap_or(0.0);
     let flops = cost::step_cost_at(&plan, batch as u64).train_flops_per_image() * batch as f64;
     let threads = rayon::current_num_threads();
+    // bf16 autocast runs the matrix products on tensor cores: MFU against that peak.
+    let precision = match canc_runtime::exec::matmul_dtype(&plan) {
+        Ok(Some(_)) => "bf16",
+        _ => "f32",
+    };
     let peak = match (args.peak_tflops, args.device) {
         (Some(tf), _) => Some(crate::peak::Peak {
             flops: tf * 1e12,
@@ -110,7 +129,7 @@ fn bench_inner(args: BenchArgs) -> Result<(), String> {
         }),
         (None, DeviceSpec::Cpu) => crate::peak::cpu_peak(threads),
         (None, DeviceSpec::Cuda(i)) => {
-            crate::peak::gpu_name(i).and_then(|name| crate::peak::gpu_peak_for(&name, "f32"))
+            crate::peak::gpu_name(i).and_then(|name| crate::peak::gpu_peak_for(&name, precision))
         }
     };
     let achieved = flops / mean;
@@ -119,6 +138,7 @@ fn bench_inner(args: BenchArgs) -> Result<(), String> {
     if args.json {
         let obj = serde_json::json!({
             "spec": plan.spec, "device": args.device.to_string(), "batch": batch,
+            "precision": precision,
             "steps": args.steps, "warmup": args.warmup, "threads": threads,
             "ms_per_step_mean": mean * 1e3, "ms_per_step_median": median * 1e3,
             "images_per_s": batch as f64 / mean,

@@ -169,3 +169,43 @@ fn unknown_device_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown device `tpu`"));
 }
+
+/// `canc bench --json`: one JSON object on stdout with the figures, a progress line per step on
+/// stderr, and the precision the spec trains in (MFU is taken against that precision's peak).
+#[test]
+fn bench_json_reports_the_step_and_the_precision() {
+    let run = |spec: &str, extra: &[&str]| {
+        let mut args = vec![
+            "bench", spec, "--batch", "2", "--steps", "2", "--warmup", "1", "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = canc().args(&args).assert().success();
+        let o = out.get_output();
+        let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+        (v, stderr)
+    };
+    let (v, stderr) = run("specs/results/can.canspec", &[]);
+    assert_eq!(v["precision"], "f32");
+    assert_eq!(v["batch"], 2);
+    assert!(v["images_per_s"].as_f64().is_some_and(|x| x > 0.0), "{v}");
+    assert!(
+        v["train_flop_per_step"].as_f64().is_some_and(|x| x > 0.0),
+        "{v}"
+    );
+    assert!(stderr.contains("step 1/3 (warm-up)"), "{stderr}");
+    assert!(stderr.contains("step 3/3 (timed)"), "{stderr}");
+    // A throughput model on synthetic RGB data, in bf16 (shrunk to two blocks for the test).
+    let (v, _) = run(
+        "bench/specs/vit_s4_32.canspec",
+        &[
+            "--set",
+            "train.precision=bf16",
+            "--set",
+            "network.encoder.depth=2",
+        ],
+    );
+    assert_eq!(v["precision"], "bf16");
+    assert_eq!(v["spec"], "vit_s4_32");
+}
