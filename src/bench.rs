@@ -174,6 +174,13 @@ fn bench_inner(args: BenchArgs) -> Result<(), String> {
         flops / 1e9,
         achieved / 1e9
     );
+    if canc_runtime::profile::enabled() {
+        println!("  forward steps (CANC_PROFILE=1; ms per training step, warm-up included):");
+        let n = total.max(1) as f64;
+        for (label, took, _) in canc_runtime::profile::take() {
+            println!("    {:>8.1}  {label}", took.as_secs_f64() * 1e3 / n);
+        }
+    }
     match (&peak, mfu) {
         (Some(p), Some(m)) => println!("  MFU {:.1}% of {}", 100.0 * m, p.source),
         _ => println!("  MFU unknown: no nominal peak for this device (give --peak-tflops)"),

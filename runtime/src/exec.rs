@@ -255,6 +255,7 @@ fn forward<B: AutodiffBackend>(
         {
             embedding = Some(a.clone().detach());
         }
+        let started = crate::profile::enabled().then(std::time::Instant::now);
         let out: Vec<(String, Value<B>)> = match &step.op {
             Op::View { .. } => {
                 let x = batch
@@ -475,6 +476,11 @@ fn forward<B: AutodiffBackend>(
                 vec![(step.name.clone(), Value::Scalar(v))]
             }
         };
+        if let Some(t0) = started {
+            let op = format!("{:?}", step.op);
+            let op = op.split([' ', '{', '(']).next().unwrap_or_default();
+            crate::profile::record(&format!("{} = {op}", step.name), t0.elapsed());
+        }
         values.extend(out);
     }
     let mut terms = Vec::new();

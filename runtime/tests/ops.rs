@@ -353,3 +353,113 @@ fn block_forward_and_gradient_match_the_tensor_op_path() {
     close(&dw, &dw_r, 1e-4, "block qkv weight gradient");
     close(&dg, &dg_r, 1e-4, "block norm1 gamma gradient");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Linear
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn linear_by_hand() {
+    fused();
+    // x = [[1, 2], [3, 4]], w = [[1, 0, -1], [2, 1, 0]] ([in, out]), b = [0.5, -1, 2]:
+    // x·w = [[5, 2, -1], [11, 4, -3]].
+    let x = tensor::<2, B>(&[1.0, 2.0, 3.0, 4.0], [2, 2]);
+    let w = tensor::<2, B>(&[1.0, 0.0, -1.0, 2.0, 1.0, 0.0], [2, 3]);
+    let b = tensor::<1, B>(&[0.5, -1.0, 2.0], [3]);
+    let y = values(ops::linear(x.clone(), w.clone(), Some(b)));
+    assert_eq!(y, vec![5.5, 1.0, 1.0, 11.5, 3.0, -1.0]);
+    assert_eq!(
+        values(ops::linear(x, w, None)),
+        vec![5.0, 2.0, -1.0, 11.0, 4.0, -3.0]
+    );
+}
+
+/// Forward and all three gradients against Burn's `linear` under autodiff, with and without a
+/// bias, on a small shape (one thread) and one above the parallel threshold (rayon split).
+#[test]
+fn linear_matches_burn_forward_and_backward() {
+    fused();
+    for (m, k, n) in [(5, 7, 3), (300, 96, 288)] {
+        let x = fill(m * k, 20, 1.0);
+        let w = fill(k * n, 21, 0.5);
+        let bias = fill(n, 22, 0.5);
+        let r = fill(m * n, 23, 1.0);
+        for with_bias in [true, false] {
+            let run = |fused: bool| {
+                let xt = tensor::<2, AD>(&x, [m, k]).require_grad();
+                let wt = tensor::<2, AD>(&w, [k, n]).require_grad();
+                let bt = tensor::<1, AD>(&bias, [n]).require_grad();
+                let b = with_bias.then(|| bt.clone());
+                let y = if fused {
+                    ops::linear(xt.clone(), wt.clone(), b)
+                } else {
+                    burn::tensor::module::linear(xt.clone(), wt.clone(), b)
+                };
+                let g = (y.clone() * tensor::<2, AD>(&r, [m, n])).sum().backward();
+                (
+                    values(y),
+                    values(xt.grad(&g).unwrap()),
+                    values(wt.grad(&g).unwrap()),
+                    bt.grad(&g).map(values),
+                )
+            };
+            let what = format!("linear {m}x{k}x{n} bias {with_bias}");
+            let (y, dx, dw, db) = run(true);
+            let (y_b, dx_b, dw_b, db_b) = run(false);
+            close(&y, &y_b, 1e-5, &format!("{what}: forward"));
+            close(&dx, &dx_b, 1e-5, &format!("{what}: dx"));
+            close(&dw, &dw_b, 1e-4, &format!("{what}: dw"));
+            assert_eq!(
+                db.is_some(),
+                with_bias,
+                "{what}: a bias gradient iff a bias"
+            );
+            if let (Some(db), Some(db_b)) = (db, db_b) {
+                close(&db, &db_b, 1e-4, &format!("{what}: db"));
+            }
+        }
+    }
+}
+
+#[test]
+fn linear_gradients_match_finite_differences() {
+    fused();
+    let (m, k, n) = (4, 6, 5);
+    let x = fill(m * k, 30, 1.0);
+    let w = fill(k * n, 31, 0.5);
+    let bias = fill(n, 32, 0.5);
+    let r = fill(m * n, 33, 1.0);
+    let xt = tensor::<2, AD>(&x, [m, k]).require_grad();
+    let wt = tensor::<2, AD>(&w, [k, n]).require_grad();
+    let bt = tensor::<1, AD>(&bias, [n]).require_grad();
+    let y = ops::linear(xt.clone(), wt.clone(), Some(bt.clone()));
+    let g = (y * tensor::<2, AD>(&r, [m, n])).sum().backward();
+    let (dx, dw, db) = (
+        values(xt.grad(&g).unwrap()),
+        values(wt.grad(&g).unwrap()),
+        values(bt.grad(&g).unwrap()),
+    );
+    let loss = |x: &[f32], w: &[f32], b: &[f32]| {
+        let y = ops::linear(
+            tensor::<2, B>(x, [m, k]),
+            tensor(w, [k, n]),
+            Some(tensor(b, [n])),
+        );
+        values((y * tensor::<2, B>(&r, [m, n])).sum())[0]
+    };
+    check_fd(
+        |v| loss(v, &w, &bias),
+        &x,
+        &dx,
+        &[0, 5, 13, 23],
+        "linear dx",
+    );
+    check_fd(
+        |v| loss(&x, v, &bias),
+        &w,
+        &dw,
+        &[0, 7, 19, 29],
+        "linear dw",
+    );
+    check_fd(|v| loss(&x, &w, v), &bias, &db, &[0, 2, 4], "linear db");
+}

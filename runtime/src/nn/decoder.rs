@@ -3,11 +3,11 @@
 
 use super::pos::{PosEmbed, PosKind, sigma_embedding};
 use super::vit::{check_heads, pos_kind};
-use super::{Block, NnError, Settings, grid_side, linear3, token_param, xavier_linear};
+use super::{Block, NnError, Settings, grid_side, linear3, place_rows, token_param, xavier_linear};
 use burn::module::{Module, Param};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::backend::Backend;
-use burn::tensor::{IndexingUpdateOp, Int, Tensor};
+use burn::tensor::{Int, Tensor};
 
 /// LayerNorm epsilon of the decoder (MAE's).
 const LN_EPS: f64 = 1e-6;
@@ -208,21 +208,8 @@ impl<B: Backend> VitDecoder<B> {
         let patches = match keep {
             Some(keep) => {
                 assert_eq!(keep.dims(), [b, n], "keep must be [B, visible tokens]");
-                let device = patches.device();
-                let idx = keep.reshape([b, n, 1]);
-                let placed = Tensor::<B, 3>::zeros([b, g, d], &device).scatter(
-                    1,
-                    idx.clone().expand([b, n, d]),
-                    patches,
-                    IndexingUpdateOp::Add,
-                );
-                let visible = Tensor::<B, 3>::zeros([b, g, 1], &device).scatter(
-                    1,
-                    idx,
-                    Tensor::ones([b, n, 1], &device),
-                    IndexingUpdateOp::Add,
-                );
-                placed + self.mask_token.val() * visible.neg().add_scalar(1.0)
+                let fill = self.mask_token.val().reshape([d]);
+                place_rows(patches.reshape([b * n, d]), fill, keep, g)
             }
             None => {
                 assert_eq!(n, g, "without keep the decoder needs the whole grid");

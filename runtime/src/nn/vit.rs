@@ -245,7 +245,9 @@ impl<B: Backend> Vit<B> {
             Some(keep) => {
                 let [kb, n] = keep.dims();
                 assert_eq!(kb, b, "keep indices for {kb} images, batch has {b}");
-                x.gather(1, keep.reshape([b, n, 1]).expand([b, n, d]))
+                x.reshape([b * g, d])
+                    .select(0, super::flat_rows(keep, g))
+                    .reshape([b, n, d])
             }
             None => x,
         };

@@ -1,5 +1,5 @@
-//! Fused ops for the CPU backend: GELU, LayerNorm and multi-head self-attention, each one
-//! kernel forward and one backward instead of Burn's chains of elementwise tensor ops.
+//! Fused ops for the CPU backend: Linear, GELU, LayerNorm and multi-head self-attention, each
+//! one kernel forward and one backward instead of Burn's chains of elementwise tensor ops.
 //!
 //! Every function here takes and returns tensors of any backend `B`. On the CPU backends
 //! ([`Cpu`](crate::backend::Cpu) and [`CpuTrain`](crate::backend::CpuTrain), f32 tensors) it
@@ -12,8 +12,12 @@
 //!
 //! Why: under `Autodiff<Flex>`, Burn 0.21 runs LayerNorm as ~10 tracked ops, attention as
 //! permute copies, batched matmuls and a 6-op softmax, and GELU through scalar `libm::erff`,
-//! each op allocating its output; these were about half of the CAN step on two cores.
+//! each op allocating its output; these were about half of the CAN step on two cores. Linear
+//! runs as a matmul whose output Burn zero-fills and then copies into a re-aligned buffer,
+//! then a broadcast bias add, and in backward a row-sum reduction: the fused one writes the
+//! bias and the product into one buffer and computes all three gradients in one step.
 
+pub mod gemm;
 pub mod kernels;
 pub mod reference;
 
@@ -30,6 +34,31 @@ use kernels::AttnShape;
 use std::any::{Any, TypeId};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, Ordering};
+
+/// `x·w + b` on `[N, D_in]` rows (as [`burn::tensor::module::linear`], `w` being
+/// `[D_in, D_out]` like Burn's `Linear` weight).
+pub fn linear<B: Backend>(
+    x: Tensor<B, 2>,
+    w: Tensor<B, 2>,
+    b: Option<Tensor<B, 1>>,
+) -> Tensor<B, 2> {
+    if same::<B, CpuTrain>() {
+        return back(ad::linear(back(x), back(w), b.map(back)));
+    }
+    if same::<B, Cpu>() {
+        let (xp, wp) = (
+            back::<_, Tensor<Cpu, 2>>(x).into_primitive().tensor(),
+            back::<_, Tensor<Cpu, 2>>(w).into_primitive().tensor(),
+        );
+        let bp = b.map(|b| back::<_, Tensor<Cpu, 1>>(b).into_primitive().tensor());
+        let y = match flex_linear(&xp, &wp, bp.as_ref()) {
+            Some((y, _, _)) => float::<2>(y),
+            None => burn::tensor::module::linear(float::<2>(xp), float(wp), bp.map(float)),
+        };
+        return back(y);
+    }
+    burn::tensor::module::linear(x, w, b)
+}
 
 /// `x·Φ(x)` (exact GELU, as `burn::tensor::activation::gelu`).
 pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
@@ -230,6 +259,27 @@ fn flex_layer_norm(
     Some((flex(y, shape), mean, rstd))
 }
 
+/// The fused Linear forward on CPU primitives: `(y, x, w)` with `x` and `w` contiguous (the
+/// backward's state); `None` unless all are f32 and the shapes agree.
+fn flex_linear(
+    x: &FlexTensor,
+    w: &FlexTensor,
+    b: Option<&FlexTensor>,
+) -> Option<(FlexTensor, FlexTensor, FlexTensor)> {
+    let all_f32 = x.dtype() == DType::F32
+        && w.dtype() == DType::F32
+        && b.is_none_or(|b| b.dtype() == DType::F32);
+    let (xs, ws) = (x.shape(), w.shape());
+    let (m, k, n) = (xs[0], xs[1], ws[1]);
+    if !all_f32 || ws[0] != k || b.is_some_and(|b| b.shape()[0] != n) {
+        return None;
+    }
+    let (xc, wc) = (x.to_contiguous(), w.to_contiguous());
+    let bc = b.map(FlexTensor::to_contiguous);
+    let y = gemm::linear(slice(&xc), slice(&wc), bc.as_ref().map(slice), m, k, n);
+    Some((flex(y, [m, n].into()), xc, wc))
+}
+
 /// The autodiff (training) versions of the fused ops on `Autodiff<Flex>`.
 mod ad {
     use super::*;
@@ -242,6 +292,88 @@ mod ad {
 
     fn wrap<const D: usize>(p: Prim) -> Tensor<CpuTrain, D> {
         Tensor::from_primitive(TensorPrimitive::Float(p))
+    }
+
+    /// The state of a Linear backward step: the contiguous input and weight.
+    #[derive(Debug, Clone)]
+    pub struct LinState {
+        x: FlexTensor,
+        w: FlexTensor,
+    }
+
+    /// The gradients of a Linear step into its (up to three) parents.
+    fn linear_grads(ops: Ops<LinState, 3>, grads: &mut Gradients) {
+        let Ops {
+            parents,
+            node,
+            state,
+        } = ops;
+        let dy = grads.consume::<Cpu>(&node).to_contiguous();
+        let (xs, ws) = (state.x.shape(), state.w.shape());
+        let dims = (xs[0], xs[1], ws[1]);
+        let want = [0, 1, 2].map(|i| parents[i].is_some());
+        let [dx, dw, db] =
+            gemm::linear_backward(slice(&state.x), slice(&state.w), slice(&dy), dims, want);
+        let shapes: [Shape; 3] = [xs, ws, [dims.2].into()];
+        for ((parent, g), shape) in parents.into_iter().zip([dx, dw, db]).zip(shapes) {
+            if let (Some(p), Some(g)) = (parent, g) {
+                grads.register::<Cpu>(p.id, flex(g, shape));
+            }
+        }
+    }
+
+    /// Linear with its own backward step (state: input and weight).
+    pub fn linear(
+        x: Tensor<CpuTrain, 2>,
+        w: Tensor<CpuTrain, 2>,
+        b: Option<Tensor<CpuTrain, 1>>,
+    ) -> Tensor<CpuTrain, 2> {
+        #[derive(Debug)]
+        struct LinB;
+        impl Backward<Cpu, 3> for LinB {
+            type State = LinState;
+            fn backward(self, ops: Ops<LinState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+                linear_grads(ops, grads);
+            }
+        }
+        #[derive(Debug)]
+        struct Lin;
+        impl Backward<Cpu, 2> for Lin {
+            type State = LinState;
+            fn backward(self, ops: Ops<LinState, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let [px, pw] = ops.parents;
+                linear_grads(Ops::new([px, pw, None], ops.node, ops.state), grads);
+            }
+        }
+        let (xp, wp) = (prim(x), prim(w));
+        let bp = b.map(prim);
+        let fused = flex_linear(
+            &xp.primitive,
+            &wp.primitive,
+            bp.as_ref().map(|b| &b.primitive),
+        );
+        let Some((y, xc, wc)) = fused else {
+            return burn::tensor::module::linear(wrap(xp), wrap(wp), bp.map(wrap));
+        };
+        let state = LinState { x: xc, w: wc };
+        wrap(match bp {
+            Some(bp) => match LinB
+                .prepare::<NoCheckpointing>([xp.node.clone(), wp.node.clone(), bp.node.clone()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish(state, y),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            },
+            None => match Lin
+                .prepare::<NoCheckpointing>([xp.node.clone(), wp.node.clone()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish(state, y),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            },
+        })
     }
 
     /// GELU with its own backward step (state: the input).

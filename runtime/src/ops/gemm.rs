@@ -1,0 +1,183 @@
+//! A safe, bounds-checked matrix product on f32 slices (the `gemm` crate that Burn's CPU
+//! backend uses), writing into a buffer the caller owns: the fused Linear op ([`super::linear`])
+//! calls it so that a product lands in its output `Vec` directly, with the bias already in it,
+//! instead of Burn's zero-filled, re-aligned copy per matmul output.
+
+/// A read-only `rows × cols` matrix view of a slice: element `(i, j)` is at `i·rs + j·cs`.
+#[derive(Clone, Copy, Debug)]
+pub struct MatRef<'a> {
+    /// The backing data.
+    pub data: &'a [f32],
+    /// Number of rows.
+    pub rows: usize,
+    /// Number of columns.
+    pub cols: usize,
+    /// Row stride, in elements.
+    pub rs: usize,
+    /// Column stride, in elements.
+    pub cs: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A row-major `rows × cols` matrix.
+    pub fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// The transpose (a view, nothing is copied).
+    pub fn t(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+
+    /// Whether every element the strides address lies inside `data`.
+    fn in_bounds(&self) -> bool {
+        if self.rows == 0 || self.cols == 0 {
+            return true;
+        }
+        let last = (self.rows - 1)
+            .checked_mul(self.rs)
+            .zip((self.cols - 1).checked_mul(self.cs))
+            .and_then(|(a, b)| a.checked_add(b));
+        last.is_some_and(|l| l < self.data.len())
+    }
+}
+
+/// Products below this many multiply-adds run on the calling thread (Burn's threshold).
+const PARALLEL_MIN: usize = 192 * 192 * 192;
+
+/// `dst = a·b` (`accumulate = false`) or `dst += a·b` (`true`), with `dst` row-major
+/// `a.rows × b.cols`.
+///
+/// # Panics
+/// If the shapes disagree or a view addresses memory outside its slice.
+pub fn matmul_into(dst: &mut [f32], accumulate: bool, a: MatRef<'_>, b: MatRef<'_>) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(
+        b.rows, k,
+        "matmul_into: inner dimensions {k} and {}",
+        b.rows
+    );
+    assert_eq!(dst.len(), m * n, "matmul_into: destination is not {m}×{n}");
+    assert!(
+        a.in_bounds() && b.in_bounds(),
+        "matmul_into: view out of bounds"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst.fill(0.0);
+        }
+        return;
+    }
+    let parallelism = if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MIN {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: `dst` is exactly `m × n` with row stride `n` and column stride 1, and is borrowed
+    // mutably for the call; every element of `a` (m × k) and `b` (k × n) that the strides
+    // address lies inside its slice (checked above, without overflow), and the slices are
+    // borrowed for the call so nothing else writes them. `dst` cannot alias `a` or `b` (a
+    // `&mut` and a `&` to the same memory cannot coexist). With `read_dst = false` gemm never
+    // reads `dst`; with `true` it reads the initialised values already there.
+    #[allow(unsafe_code)]
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// `x·w (+ bias)` for row-major `x` (`m × k`) and `w` (`k × n`): a new row-major `m × n`
+/// buffer, the bias broadcast over its rows before the product is accumulated onto it.
+pub fn linear(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    m: usize,
+    k: usize,
+    n: usize,
+) -> Vec<f32> {
+    let mut y = match bias {
+        Some(b) => {
+            assert_eq!(b.len(), n, "linear: bias of {} for {n} outputs", b.len());
+            let mut y = Vec::with_capacity(m * n);
+            for _ in 0..m {
+                y.extend_from_slice(b);
+            }
+            y
+        }
+        None => vec![0.0; m * n],
+    };
+    matmul_into(
+        &mut y,
+        bias.is_some(),
+        MatRef::rows(x, m, k),
+        MatRef::rows(w, k, n),
+    );
+    y
+}
+
+/// The gradients of [`linear`] given `dy` (`m × n`): `(dx = dy·wᵀ, dw = xᵀ·dy, db = Σ_rows dy)`,
+/// each computed only when asked for.
+pub fn linear_backward(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    (m, k, n): (usize, usize, usize),
+    want: [bool; 3],
+) -> [Option<Vec<f32>>; 3] {
+    let dyv = MatRef::rows(dy, m, n);
+    let dx = want[0].then(|| {
+        let mut dx = vec![0.0; m * k];
+        matmul_into(&mut dx, false, dyv, MatRef::rows(w, k, n).t());
+        dx
+    });
+    let dw = want[1].then(|| {
+        let mut dw = vec![0.0; k * n];
+        matmul_into(&mut dw, false, MatRef::rows(x, m, k).t(), dyv);
+        dw
+    });
+    let db = want[2].then(|| {
+        let mut db = vec![0.0f32; n];
+        for row in dy.chunks_exact(n.max(1)) {
+            for (acc, v) in db.iter_mut().zip(row) {
+                *acc += v;
+            }
+        }
+        db
+    });
+    [dx, dw, db]
+}
