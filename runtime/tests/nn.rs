@@ -652,10 +652,14 @@ fn mlp_follows_burn_training_convention() {
     }
     let eval = mlp.valid();
     let y = values(eval.forward(tensor::<2, B>([6, 3], 51)));
-    let mean: f32 = (0..6).map(|r| y[r * 4]).sum::<f32>() / 6.0;
+    // The largest column mean: one column alone can be near zero by chance of the random
+    // initialisation (it was, once in CI-like runs); all four together practically cannot.
+    let largest = (0..4)
+        .map(|col| ((0..6).map(|r| y[r * 4 + col]).sum::<f32>() / 6.0).abs())
+        .fold(0.0f32, f32::max);
     assert!(
-        mean.abs() > 1e-3,
-        "running statistics should not centre the batch"
+        largest > 1e-3,
+        "running statistics should not centre the batch: column means up to {largest}"
     );
 }
 

@@ -3,7 +3,10 @@
 
 use super::pos::{PosEmbed, PosKind, sigma_embedding};
 use super::vit::{check_heads, pos_kind};
-use super::{Block, NnError, Settings, grid_side, linear3, place_rows, token_param, xavier_linear};
+use super::{
+    Block, NnError, Settings, add_shared, grid_side, linear3, place_rows, token_param,
+    xavier_linear,
+};
 use burn::module::{Module, Param};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::backend::Backend;
@@ -221,7 +224,7 @@ impl<B: Backend> VitDecoder<B> {
         } else {
             patches
         };
-        x = x + self.pos.value();
+        x = add_shared(x, self.pos.value());
         match (&self.cond, sigma) {
             (Some(cond), Some(sigma)) => x = x + cond.forward(sigma).reshape([b, 1, d]),
             (None, None) => {}

@@ -240,7 +240,7 @@ impl<B: Backend> Vit<B> {
         };
         let pos = self.pos.value();
         let c = usize::from(self.has_cls());
-        let x = x + pos.clone().narrow(1, c, g);
+        let x = super::add_shared(x, pos.clone().narrow(1, c, g));
         let mut x = match keep {
             Some(keep) => {
                 let [kb, n] = keep.dims();
