@@ -226,7 +226,12 @@ impl<B: Backend> VitDecoder<B> {
         };
         x = add_shared(x, self.pos.value());
         match (&self.cond, sigma) {
-            (Some(cond), Some(sigma)) => x = x + cond.forward(sigma).reshape([b, 1, d]),
+            // Materialised over the tokens: Burn's CPU backend adds two contiguous tensors with
+            // SIMD but walks a [B, 1, D] broadcast element by element.
+            (Some(cond), Some(sigma)) => {
+                let [_, t, _] = x.dims();
+                x = x + cond.forward(sigma).reshape([b, 1, d]).repeat_dim(1, t)
+            }
             (None, None) => {}
             (Some(_), None) => panic!("the decoder is conditioned on sigma but got none"),
             (None, Some(_)) => panic!("sigma given to a decoder without `cond = sigma`"),
