@@ -294,6 +294,24 @@ mod ad {
         Tensor::from_primitive(TensorPrimitive::Float(p))
     }
 
+    /// `y` as the output of the fused op `op` over `parents`: with `op` as its backward step
+    /// and `state()` kept for it when a parent is tracked, as a plain value otherwise.
+    fn finish<const N: usize, O: Backward<Cpu, N>>(
+        op: O,
+        parents: [&Prim; N],
+        state: impl FnOnce() -> O::State,
+        y: FlexTensor,
+    ) -> Prim {
+        match op
+            .prepare::<NoCheckpointing>(parents.map(|p| p.node.clone()))
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(state(), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
+
     /// The state of a Linear backward step: the contiguous input and weight.
     #[derive(Debug, Clone)]
     pub struct LinState {
@@ -355,24 +373,10 @@ mod ad {
         let Some((y, xc, wc)) = fused else {
             return burn::tensor::module::linear(wrap(xp), wrap(wp), bp.map(wrap));
         };
-        let state = LinState { x: xc, w: wc };
-        wrap(match bp {
-            Some(bp) => match LinB
-                .prepare::<NoCheckpointing>([xp.node.clone(), wp.node.clone(), bp.node.clone()])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(prep) => prep.finish(state, y),
-                OpsKind::UnTracked(prep) => prep.finish(y),
-            },
-            None => match Lin
-                .prepare::<NoCheckpointing>([xp.node.clone(), wp.node.clone()])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(prep) => prep.finish(state, y),
-                OpsKind::UnTracked(prep) => prep.finish(y),
-            },
+        let state = || LinState { x: xc, w: wc };
+        wrap(match &bp {
+            Some(bp) => finish(LinB, [&xp, &wp, bp], state, y),
+            None => finish(Lin, [&xp, &wp], state, y),
         })
     }
 
@@ -403,16 +407,7 @@ mod ad {
         }
         let xc = x.primitive.to_contiguous();
         let y = flex(kernels::gelu(slice(&xc)), xc.shape());
-        wrap(
-            match Gelu
-                .prepare::<NoCheckpointing>([x.node.clone()])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(prep) => prep.finish(xc, y),
-                OpsKind::UnTracked(prep) => prep.finish(y),
-            },
-        )
+        wrap(finish(Gelu, [&x], || xc, y))
     }
 
     /// The state of a LayerNorm backward step.
@@ -469,22 +464,13 @@ mod ad {
         let Some((y, mean, rstd)) = fused else {
             return reference::layer_norm(wrap::<D>(xp), wrap(gp), Some(wrap(bp)), eps);
         };
-        let prep = Ln
-            .prepare::<NoCheckpointing>([xp.node.clone(), gp.node.clone(), bp.node.clone()])
-            .compute_bound()
-            .stateful();
-        wrap(match prep {
-            OpsKind::Tracked(prep) => {
-                let state = LnState {
-                    x: xp.primitive.to_contiguous(),
-                    gamma: gp.primitive.to_contiguous(),
-                    mean,
-                    rstd,
-                };
-                prep.finish(state, y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        })
+        let state = || LnState {
+            x: xp.primitive.to_contiguous(),
+            gamma: gp.primitive.to_contiguous(),
+            mean,
+            rstd,
+        };
+        wrap(finish(Ln, [&xp, &gp, &bp], state, y))
     }
 
     /// The state of an attention backward step.
@@ -523,22 +509,11 @@ mod ad {
         let xc = x.primitive.to_contiguous();
         let (out, probs) = kernels::attention(slice(&xc), s);
         let y = flex(out, [s.b, s.t, s.d()].into());
-        wrap(
-            match Attn
-                .prepare::<NoCheckpointing>([x.node.clone()])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(prep) => prep.finish(
-                    AttnState {
-                        qkv: xc,
-                        probs: std::sync::Arc::new(probs),
-                        shape: s,
-                    },
-                    y,
-                ),
-                OpsKind::UnTracked(prep) => prep.finish(y),
-            },
-        )
+        let state = || AttnState {
+            qkv: xc,
+            probs: std::sync::Arc::new(probs),
+            shape: s,
+        };
+        wrap(finish(Attn, [&x], state, y))
     }
 }
