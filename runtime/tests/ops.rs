@@ -236,26 +236,49 @@ fn naive_attention(qkv: &[f32], b: usize, t: usize, h: usize, dh: usize) -> Vec<
 #[test]
 fn attention_matches_a_naive_reference_and_burn() {
     fused();
-    let (b, t, h, dh) = (3, 7, 2, 12);
-    let qkv = fill(b * t * 3 * h * dh, 10, 2.0);
-    let naive = naive_attention(&qkv, b, t, h, dh);
-    let fused = values(ops::attention(tensor::<3, B>(&qkv, [b, t, 3 * h * dh]), h));
-    let burn = values(reference::attention(
-        tensor::<3, B>(&qkv, [b, t, 3 * h * dh]),
-        h,
-    ));
-    close(&fused, &naive, 1e-5, "attention vs f64");
-    close(&burn, &naive, 1e-5, "burn attention vs f64");
-    // The kernel's probabilities are rows of a softmax.
-    // The kernel's probabilities are rows of a softmax, padded with zeros.
-    let shape = kernels::AttnShape { b, t, h, dh };
-    let (_, probs) = kernels::attention(&qkv, shape);
-    assert_eq!(shape.tp(), 8);
-    for row in probs.chunks(shape.tp()) {
-        assert!((row[..t].iter().sum::<f32>() - 1.0).abs() < 1e-5);
-        assert!(row[..t].iter().all(|p| *p > 0.0));
-        assert!(row[t..].iter().all(|p| *p == 0.0));
+    // The second shape spans more than one 4-row panel and one 2-vector column block of the
+    // kernel's small matrix product, with partial vectors after full ones (19 tokens: rows
+    // padded to 24; heads 20 wide).
+    for (b, t, h, dh) in [(3, 7, 2, 12), (2, 19, 3, 20)] {
+        let qkv = fill(b * t * 3 * h * dh, 10, 2.0);
+        let naive = naive_attention(&qkv, b, t, h, dh);
+        let fused = values(ops::attention(tensor::<3, B>(&qkv, [b, t, 3 * h * dh]), h));
+        let burn = values(reference::attention(
+            tensor::<3, B>(&qkv, [b, t, 3 * h * dh]),
+            h,
+        ));
+        close(&fused, &naive, 1e-5, "attention vs f64");
+        close(&burn, &naive, 1e-5, "burn attention vs f64");
+        // The kernel's probabilities are rows of a softmax, padded with zeros.
+        let shape = kernels::AttnShape { b, t, h, dh };
+        let (_, probs) = kernels::attention(&qkv, shape);
+        assert_eq!(shape.tp(), t.div_ceil(8) * 8);
+        for row in probs.chunks(shape.tp()) {
+            assert!((row[..t].iter().sum::<f32>() - 1.0).abs() < 1e-5);
+            assert!(row[..t].iter().all(|p| *p > 0.0));
+            assert!(row[t..].iter().all(|p| *p == 0.0));
+        }
     }
+}
+
+#[test]
+fn attention_gradient_matches_burn_on_a_multi_block_shape() {
+    fused();
+    let (b, t, h, dh) = (2, 19, 3, 20);
+    let w = 3 * h * dh;
+    let qkv = fill(b * t * w, 13, 1.5);
+    let r = fill(b * t * h * dh, 14, 1.0);
+    let run = |fused: bool| {
+        let x = tensor::<3, AD>(&qkv, [b, t, w]).require_grad();
+        let y = if fused {
+            ops::attention(x.clone(), h)
+        } else {
+            reference::attention(x.clone(), h)
+        };
+        let g = (y * tensor(&r, [b, t, h * dh])).sum().backward();
+        values(x.grad(&g).unwrap())
+    };
+    close(&run(true), &run(false), 1e-4, "attention backward vs burn");
 }
 
 #[test]

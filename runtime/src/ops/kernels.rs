@@ -6,13 +6,14 @@
 //! branches, no libm calls) are compiled for AVX2+FMA or AVX-512 when the CPU has them, without
 //! `unsafe` and without `-C target-cpu`.
 
+use super::gemm::MatRef;
 use rayon::prelude::*;
 
 /// Elements per rayon task of an elementwise kernel.
 const CHUNK: usize = 1 << 14;
 
-/// Runs the `#[inline(always)]` kernel function `$kernel` on `$args` (of the one-lifetime
-/// type `$ty`) compiled for the best instruction set the CPU has: the call is written inside
+/// Runs the `#[inline(always)]` kernel function `$kernel` on the SIMD token and `$args` (of the
+/// one-lifetime type `$ty`) compiled for the best instruction set the CPU has: the call is written inside
 /// pulp's `WithSimd::with_simd`, so it is inlined into pulp's `#[target_feature]` entry points
 /// with every `#[inline(always)]` helper below it. (A closure or function pointer passed
 /// through a generic `FnOnce` is not reliably inlined there and then runs as baseline SSE2.)
@@ -22,8 +23,8 @@ macro_rules! simd {
         impl pulp::WithSimd for Run<'_> {
             type Output = $out;
             #[inline(always)]
-            fn with_simd<S: pulp::Simd>(self, _: S) -> $out {
-                $kernel(self.0)
+            fn with_simd<S: pulp::Simd>(self, simd: S) -> $out {
+                $kernel(simd, self.0)
             }
         }
         pulp::Arch::new().dispatch(Run($args))
@@ -95,7 +96,7 @@ pub fn gelu(x: &[f32]) -> Vec<f32> {
 type GeluArgs<'a> = (&'a mut [f32], &'a [f32]);
 
 #[inline(always)]
-fn gelu_chunk((y, x): GeluArgs) {
+fn gelu_chunk<S: pulp::Simd>(_: S, (y, x): GeluArgs) {
     for (y, &x) in y.iter_mut().zip(x) {
         *y = x * normal_cdf_pdf(x).0;
     }
@@ -119,7 +120,7 @@ pub fn gelu_backward(x: &[f32], grad: &[f32]) -> Vec<f32> {
 type GeluBackArgs<'a> = (&'a mut [f32], (&'a [f32], &'a [f32]));
 
 #[inline(always)]
-fn gelu_backward_chunk((o, (x, g)): GeluBackArgs) {
+fn gelu_backward_chunk<S: pulp::Simd>(_: S, (o, (x, g)): GeluBackArgs) {
     for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
         let (cdf, pdf) = normal_cdf_pdf(x);
         *o = g * (cdf + x * pdf);
@@ -238,7 +239,7 @@ type LnRows<'a> = (
 );
 
 #[inline(always)]
-fn layer_norm_rows((y, x, mean, rstd, gamma, beta, d, eps): LnRows) {
+fn layer_norm_rows<S: pulp::Simd>(_: S, (y, x, mean, rstd, gamma, beta, d, eps): LnRows) {
     for (((y, x), m), s) in y
         .chunks_exact_mut(d)
         .zip(x.chunks_exact(d))
@@ -324,7 +325,10 @@ type LnBackRows<'a> = (
 );
 
 #[inline(always)]
-fn layer_norm_backward_rows((dx, x, dy, mean, rstd, gamma, d): LnBackRows) -> (Vec<f32>, Vec<f32>) {
+fn layer_norm_backward_rows<S: pulp::Simd>(
+    _: S,
+    (dx, x, dy, mean, rstd, gamma, d): LnBackRows,
+) -> (Vec<f32>, Vec<f32>) {
     let mut dg = vec![0f32; d];
     let mut db = vec![0f32; d];
     let mut xhat = vec![0f32; d];
@@ -393,84 +397,106 @@ impl AttnShape {
     }
 }
 
-/// `C = alpha·A·B` for an `m × k` matrix `A` (row stride `lda`), a `k × n` matrix `B` (row
-/// stride `ldb`) and an `m × n` matrix `C` (row stride `ldc`), overwriting `C`. Blocks of 4 rows
-/// × 16 columns are accumulated in registers (two AVX vectors per row); columns past the last
-/// multiple of 16 (then 8) and rows past the last multiple of 4 take narrower loops. The attention
-/// matrices are small (tens of rows), so `A` and `B` are used in place, not packed.
+/// `C = alpha·A·B` for an `m × k` matrix `A` (any strides: a transpose costs nothing), a
+/// `k × n` matrix `B` (row stride `ldb`) and an `m × n` matrix `C` (row stride `ldc`),
+/// overwriting `C`. `A` is copied 4 rows at a time into `pack` (interleaved, `k × 4`); each
+/// 4-row panel times 2 SIMD vectors of columns of `B` (4 × 16 with AVX2) is accumulated in
+/// registers with fused multiply-adds, the last block of a row with partial vectors. Written
+/// with `simd`'s vectors rather than left to the auto-vectoriser, which kept the accumulators
+/// on the stack in some instantiations (scalar code, 4× slower) and never fuses `a·b + c`. The
+/// attention matrices are small (tens of rows), so `B` is used in place, not packed.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn small_gemm(
-    (m, n, k): (usize, usize, usize),
+fn small_gemm<S: pulp::Simd>(
+    simd: S,
+    n: usize,
     alpha: f32,
-    a: &[f32],
-    lda: usize,
+    a: MatRef<'_>,
     b: &[f32],
     ldb: usize,
     c: &mut [f32],
     ldc: usize,
+    pack: &mut Vec<f32>,
 ) {
-    let n16 = n / 16 * 16;
-    let n8 = n / 8 * 8;
+    let (m, k) = (a.rows, a.cols);
+    let lanes = S::F32_LANES;
+    let alpha = simd.splat_f32s(alpha);
+    let zero = simd.splat_f32s(0.0);
+    pack.resize(4 * k, 0.0);
+    let (pack, _) = pack.as_chunks_mut::<4>();
     let mut i = 0;
     while i < m {
         let rows = (m - i).min(4);
         // Rows past m repeat the last row; their results are not stored.
-        let a_rows: [&[f32]; 4] = std::array::from_fn(|r| {
-            let r = i + r.min(rows - 1);
-            &a[r * lda..r * lda + k]
-        });
-        // 4 × 16 blocks: eight independent accumulator vectors hide the FMA latency.
-        for j in (0..n16).step_by(16) {
-            let mut acc = [[0f32; 16]; 4];
-            for (p, b_row) in b.chunks(ldb).take(k).enumerate() {
-                let bv: &[f32; 16] = b_row[j..j + 16]
-                    .try_into()
-                    .unwrap_or_else(|_| unreachable!());
-                for r in 0..4 {
-                    let av = a_rows[r][p];
-                    for l in 0..16 {
-                        acc[r][l] += av * bv[l];
-                    }
+        for (p, a4) in pack.iter_mut().enumerate() {
+            for (r, x) in a4.iter_mut().enumerate() {
+                *x = a.data[(i + r.min(rows - 1)) * a.rs + p * a.cs];
+            }
+        }
+        let mut j = 0;
+        while j < n {
+            let w0 = (n - j).min(lanes);
+            let w1 = (n - j - w0).min(lanes);
+            let b_rows = b[j..].chunks(ldb).take(k);
+            // Eight independent accumulators hide the FMA latency.
+            let mut acc = [[zero; 2]; 4];
+            if w1 == lanes {
+                for (a4, row) in pack.iter().zip(b_rows) {
+                    let (b0, b1) = row[..2 * lanes].split_at(lanes);
+                    let (b0, b1) = (S::as_simd_f32s(b0).0[0], S::as_simd_f32s(b1).0[0]);
+                    fma_rows(simd, &mut acc, a4, b0, b1);
+                }
+            } else {
+                for (a4, row) in pack.iter().zip(b_rows) {
+                    let (b0, b1) = row[..w0 + w1].split_at(w0);
+                    fma_rows(simd, &mut acc, a4, load(simd, b0), load(simd, b1));
                 }
             }
             for (r, acc) in acc.iter().enumerate().take(rows) {
-                let out = &mut c[(i + r) * ldc + j..][..16];
-                for l in 0..16 {
-                    out[l] = alpha * acc[l];
-                }
+                let out = &mut c[(i + r) * ldc + j..][..w0 + w1];
+                let (o0, o1) = out.split_at_mut(w0);
+                store(simd, o0, simd.mul_f32s(alpha, acc[0]));
+                store(simd, o1, simd.mul_f32s(alpha, acc[1]));
             }
-        }
-        for j in (n16..n8).step_by(8) {
-            let mut acc = [[0f32; 8]; 4];
-            for (p, b_row) in b.chunks(ldb).take(k).enumerate() {
-                let bv: &[f32; 8] = b_row[j..j + 8]
-                    .try_into()
-                    .unwrap_or_else(|_| unreachable!());
-                for r in 0..4 {
-                    let av = a_rows[r][p];
-                    for l in 0..8 {
-                        acc[r][l] += av * bv[l];
-                    }
-                }
-            }
-            for (r, acc) in acc.iter().enumerate().take(rows) {
-                let out = &mut c[(i + r) * ldc + j..][..8];
-                for l in 0..8 {
-                    out[l] = alpha * acc[l];
-                }
-            }
-        }
-        for j in n8..n {
-            for (r, a_row) in a_rows.iter().enumerate().take(rows) {
-                let mut acc = 0f32;
-                for (p, &av) in a_row.iter().enumerate() {
-                    acc += av * b[p * ldb + j];
-                }
-                c[(i + r) * ldc + j] = alpha * acc;
-            }
+            j += w0 + w1;
         }
         i += rows;
+    }
+}
+
+/// One step of [`small_gemm`]'s inner loop: `acc[r] += a4[r]·(b0, b1)` for the 4 rows.
+#[inline(always)]
+fn fma_rows<S: pulp::Simd>(
+    simd: S,
+    acc: &mut [[S::f32s; 2]; 4],
+    a4: &[f32; 4],
+    b0: S::f32s,
+    b1: S::f32s,
+) {
+    for r in 0..4 {
+        let av = simd.splat_f32s(a4[r]);
+        acc[r][0] = simd.mul_add_e_f32s(av, b0, acc[r][0]);
+        acc[r][1] = simd.mul_add_e_f32s(av, b1, acc[r][1]);
+    }
+}
+
+/// One SIMD vector from `x` (`x.len() ≤` the lane count; missing lanes read as zero).
+#[inline(always)]
+fn load<S: pulp::Simd>(simd: S, x: &[f32]) -> S::f32s {
+    if x.len() == S::F32_LANES {
+        S::as_simd_f32s(x).0[0]
+    } else {
+        simd.partial_load_f32s(x)
+    }
+}
+
+/// Stores the first `x.len() ≤` lane count lanes of `v` into `x`.
+#[inline(always)]
+fn store<S: pulp::Simd>(simd: S, x: &mut [f32], v: S::f32s) {
+    if x.len() == S::F32_LANES {
+        S::as_mut_simd_f32s(x).0[0] = v;
+    } else {
+        simd.partial_store_f32s(x, v);
     }
 }
 
@@ -482,6 +508,34 @@ fn transpose(rows: usize, cols: usize, src: &[f32], lds: usize, dst: &mut [f32],
         for (c, &v) in src[r * lds..r * lds + cols].iter().enumerate() {
             dst[c * ldd + r] = v;
         }
+    }
+}
+
+/// Softmax of the first `t` entries of `row` in place, zeroing the rest. `row.len()` is a
+/// multiple of 8 (see [`AttnShape::tp`]), so every pass runs in whole 8-lane chunks: a loop
+/// over just the `t` entries (25 for a 5×5 grid) would run in LLVM's scalar remainder loop.
+#[inline(always)]
+fn softmax_padded(row: &mut [f32], t: usize) {
+    let m = max(&row[..t]);
+    let (chunks, tail) = row.as_chunks_mut::<8>();
+    for c in chunks.iter_mut() {
+        for x in c.iter_mut() {
+            *x = exp(*x - m);
+        }
+    }
+    for x in tail.iter_mut() {
+        *x = exp(*x - m);
+    }
+    row[t..].fill(0.0);
+    let inv = 1.0 / sum(row);
+    let (chunks, tail) = row.as_chunks_mut::<8>();
+    for c in chunks.iter_mut() {
+        for x in c.iter_mut() {
+            *x *= inv;
+        }
+    }
+    for x in tail.iter_mut() {
+        *x *= inv;
     }
 }
 
@@ -513,39 +567,34 @@ pub fn attention(qkv: &[f32], s: AttnShape) -> (Vec<f32>, Vec<f32>) {
 type AttnFwd<'a> = (&'a [f32], AttnShape, usize, &'a mut [f32], &'a mut [f32]);
 
 #[inline(always)]
-fn attention_image((qkv, s, img, out, probs): AttnFwd) {
+fn attention_image<S: pulp::Simd>(simd: S, (qkv, s, img, out, probs): AttnFwd) {
     let AttnShape { t, h, dh, .. } = s;
     let (d, tp, row) = (s.d(), s.tp(), s.row());
     let scale = 1.0 / (dh as f32).sqrt();
     let rows = &qkv[s.at(img, 0, 0, 0)..][..t * row];
     let mut kt = vec![0f32; dh * tp];
+    let mut pack = Vec::new();
     for head in 0..h {
         let (q, k, v) = (head * dh, d + head * dh, 2 * d + head * dh);
         // Kᵀ [dh, tp], zero past column t.
         transpose(t, dh, &rows[k..], row, &mut kt, tp);
         let p = &mut probs[head * t * tp..][..t * tp];
-        small_gemm((t, tp, dh), scale, &rows[q..], row, &kt, tp, p, tp);
+        let qh = view(&rows[q..], t, dh, row);
+        small_gemm(simd, tp, scale, qh, &kt, tp, p, tp, &mut pack);
         for r in p.chunks_exact_mut(tp) {
-            let (r, pad) = r.split_at_mut(t);
-            let m = max(r);
-            for x in r.iter_mut() {
-                *x = exp(*x - m);
-            }
-            let inv = 1.0 / sum(r);
-            for x in r.iter_mut() {
-                *x *= inv;
-            }
-            pad.fill(0.0);
+            softmax_padded(r, t);
         }
+        let ph = view(p, t, t, tp);
         small_gemm(
-            (t, dh, t),
+            simd,
+            dh,
             1.0,
-            p,
-            tp,
+            ph,
             &rows[v..],
             row,
             &mut out[head * dh..],
             d,
+            &mut pack,
         );
     }
 }
@@ -590,7 +639,7 @@ type AttnBack<'a> = (
 );
 
 #[inline(always)]
-fn attention_backward_image((qkv, probs, dout, s, img, dq): AttnBack) {
+fn attention_backward_image<S: pulp::Simd>(simd: S, (qkv, probs, dout, s, img, dq): AttnBack) {
     let AttnShape { t, h, dh, .. } = s;
     let (d, tp, row) = (s.d(), s.tp(), s.row());
     let scale = 1.0 / (dh as f32).sqrt();
@@ -598,27 +647,73 @@ fn attention_backward_image((qkv, probs, dout, s, img, dq): AttnBack) {
     let dout = &dout[img * t * d..][..t * d];
     let mut vt = vec![0f32; dh * tp];
     let mut ds = vec![0f32; t * tp];
-    let mut tr = vec![0f32; t * tp];
+    let mut pack = Vec::new();
     for head in 0..h {
         let (q, k, v) = (head * dh, d + head * dh, 2 * d + head * dh);
-        let p = &probs[(img * h + head) * t * tp..][..t * tp];
+        let p = view(&probs[(img * h + head) * t * tp..][..t * tp], t, t, tp);
         let dout_h = &dout[head * dh..];
         // dV = Pᵀ·dO
-        transpose(t, t, p, tp, &mut tr, tp);
-        small_gemm((t, dh, t), 1.0, &tr, tp, dout_h, d, &mut dq[v..], row);
+        small_gemm(
+            simd,
+            dh,
+            1.0,
+            p.t(),
+            dout_h,
+            d,
+            &mut dq[v..],
+            row,
+            &mut pack,
+        );
         // dP = dO·Vᵀ, then dS = P ⊙ (dP − rowsum(dP ⊙ P)) / √dh in place.
         transpose(t, dh, &rows[v..], row, &mut vt, tp);
-        small_gemm((t, tp, dh), 1.0, dout_h, d, &vt, tp, &mut ds, tp);
-        for (dsr, pr) in ds.chunks_exact_mut(tp).zip(p.chunks_exact(tp)) {
+        let doh = view(dout_h, t, dh, d);
+        small_gemm(simd, tp, 1.0, doh, &vt, tp, &mut ds, tp, &mut pack);
+        for (dsr, pr) in ds.chunks_exact_mut(tp).zip(p.data.chunks_exact(tp)) {
             let rowdot = dot(dsr, pr);
-            for (x, &pv) in dsr.iter_mut().zip(pr) {
-                *x = pv * (*x - rowdot) * scale;
+            let (dsr, _) = dsr.as_chunks_mut::<8>();
+            let (pr, _) = pr.as_chunks::<8>();
+            for (x, pv) in dsr.iter_mut().zip(pr) {
+                for l in 0..8 {
+                    x[l] = pv[l] * (x[l] - rowdot) * scale;
+                }
             }
         }
         // dQ = dS·K, dK = dSᵀ·Q.
-        small_gemm((t, dh, t), 1.0, &ds, tp, &rows[k..], row, &mut dq[q..], row);
-        transpose(t, t, &ds, tp, &mut tr, tp);
-        small_gemm((t, dh, t), 1.0, &tr, tp, &rows[q..], row, &mut dq[k..], row);
+        let dsv = view(&ds, t, t, tp);
+        small_gemm(
+            simd,
+            dh,
+            1.0,
+            dsv,
+            &rows[k..],
+            row,
+            &mut dq[q..],
+            row,
+            &mut pack,
+        );
+        small_gemm(
+            simd,
+            dh,
+            1.0,
+            dsv.t(),
+            &rows[q..],
+            row,
+            &mut dq[k..],
+            row,
+            &mut pack,
+        );
+    }
+}
+
+/// A `rows × cols` view of `data` with row stride `rs` (columns contiguous).
+#[inline(always)]
+fn view(data: &[f32], rows: usize, cols: usize, rs: usize) -> MatRef<'_> {
+    MatRef {
+        data,
+        rows,
+        cols,
+        rs,
+        cs: 1,
     }
 }
 
