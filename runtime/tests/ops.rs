@@ -261,24 +261,33 @@ fn attention_matches_a_naive_reference_and_burn() {
     }
 }
 
+/// The output of attention over `qkv` `[b, t, 3·h·dh]` and the gradient of `Σ output ⊙ r`
+/// with respect to `qkv`, through the fused op (`fused`) or Burn's tensor ops.
+fn attention_and_grad(
+    qkv: &[f32],
+    r: &[f32],
+    [b, t, h, dh]: [usize; 4],
+    fused: bool,
+) -> (Vec<f32>, Vec<f32>) {
+    let x = tensor::<3, AD>(qkv, [b, t, 3 * h * dh]).require_grad();
+    let y = if fused {
+        ops::attention(x.clone(), h)
+    } else {
+        reference::attention(x.clone(), h)
+    };
+    let g = (y.clone() * tensor(r, [b, t, h * dh])).sum().backward();
+    (values(y), values(x.grad(&g).unwrap()))
+}
+
 #[test]
 fn attention_gradient_matches_burn_on_a_multi_block_shape() {
     fused();
-    let (b, t, h, dh) = (2, 19, 3, 20);
-    let w = 3 * h * dh;
-    let qkv = fill(b * t * w, 13, 1.5);
+    let shape @ [b, t, h, dh] = [2, 19, 3, 20];
+    let qkv = fill(b * t * 3 * h * dh, 13, 1.5);
     let r = fill(b * t * h * dh, 14, 1.0);
-    let run = |fused: bool| {
-        let x = tensor::<3, AD>(&qkv, [b, t, w]).require_grad();
-        let y = if fused {
-            ops::attention(x.clone(), h)
-        } else {
-            reference::attention(x.clone(), h)
-        };
-        let g = (y * tensor(&r, [b, t, h * dh])).sum().backward();
-        values(x.grad(&g).unwrap())
-    };
-    close(&run(true), &run(false), 1e-4, "attention backward vs burn");
+    let (_, g_f) = attention_and_grad(&qkv, &r, shape, true);
+    let (_, g_b) = attention_and_grad(&qkv, &r, shape, false);
+    close(&g_f, &g_b, 1e-4, "attention backward vs burn");
 }
 
 #[test]
@@ -288,18 +297,8 @@ fn attention_gradient_matches_burn_and_finite_differences() {
     let w = 3 * h * dh;
     let qkv = fill(b * t * w, 11, 1.5);
     let r = fill(b * t * h * dh, 12, 1.0);
-    let run = |fused: bool| {
-        let x = tensor::<3, AD>(&qkv, [b, t, w]).require_grad();
-        let y = if fused {
-            ops::attention(x.clone(), h)
-        } else {
-            reference::attention(x.clone(), h)
-        };
-        let g = (y.clone() * tensor(&r, [b, t, h * dh])).sum().backward();
-        (values(y), values(x.grad(&g).unwrap()))
-    };
-    let (y_f, g_f) = run(true);
-    let (y_b, g_b) = run(false);
+    let (y_f, g_f) = attention_and_grad(&qkv, &r, [b, t, h, dh], true);
+    let (y_b, g_b) = attention_and_grad(&qkv, &r, [b, t, h, dh], false);
     close(&y_f, &y_b, 1e-5, "attention forward (autodiff)");
     close(&g_f, &g_b, 1e-4, "attention backward vs burn");
     let f = |v: &[f32]| {
