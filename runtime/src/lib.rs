@@ -14,7 +14,6 @@ pub mod exec;
 pub mod loss;
 pub mod nn;
 pub mod ops;
-pub mod pool;
 pub mod profile;
 pub mod schedule;
 pub mod train;
