@@ -30,6 +30,18 @@ impl<'a> MatRef<'a> {
         }
     }
 
+    /// A `rows × cols` matrix with row stride `rs` (columns contiguous): a block of a wider
+    /// row-major matrix.
+    pub fn strided(data: &'a [f32], rows: usize, cols: usize, rs: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            rs,
+            cs: 1,
+        }
+    }
+
     /// The transpose (a view, nothing is copied).
     pub fn t(self) -> Self {
         Self {

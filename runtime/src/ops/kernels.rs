@@ -12,9 +12,9 @@ use rayon::prelude::*;
 /// Elements per rayon task of an elementwise kernel.
 const CHUNK: usize = 1 << 14;
 
-/// Runs the `#[inline(always)]` kernel function `$kernel` on the SIMD token and `$args` (of the
-/// one-lifetime type `$ty`) compiled for the best instruction set the CPU has: the call is written inside
-/// pulp's `WithSimd::with_simd`, so it is inlined into pulp's `#[target_feature]` entry points
+/// Runs the `#[inline(always)]` kernel function `$kernel` on the SIMD token and `$args` (of
+/// the one-lifetime type `$ty`) compiled for the best instruction set the CPU has: the call is
+/// written inside pulp's `WithSimd::with_simd`, so it is inlined into pulp's `#[target_feature]` entry points
 /// with every `#[inline(always)]` helper below it. (A closure or function pointer passed
 /// through a generic `FnOnce` is not reliably inlined there and then runs as baseline SSE2.)
 macro_rules! simd {
@@ -85,8 +85,8 @@ fn exp_v<S: pulp::Simd>(simd: S, x: S::f32s) -> S::f32s {
     simd.mul_f32s(p, simd.transmute_f32s_u32s(two_n))
 }
 
-/// `(Φ(x), φ(x))` for a SIMD vector: the standard normal CDF and density. `Φ` from Abramowitz & Stegun 7.1.26
-/// (absolute error of `erf` below 1.5·10⁻⁷), written as `erfc(|x|/√2)` in the lower tail so
+/// `(Φ(x), φ(x))` for a SIMD vector: the standard normal CDF and density. `Φ` from Abramowitz
+/// & Stegun 7.1.26 (absolute error of `erf` below 1.5·10⁻⁷), written as `erfc(|x|/√2)` in the lower tail so
 /// that `x·Φ(x)` keeps its relative accuracy for negative `x`; one `exp` serves both.
 #[inline(always)]
 fn normal_cdf_pdf_v<S: pulp::Simd>(simd: S, x: S::f32s) -> (S::f32s, S::f32s) {
@@ -643,12 +643,12 @@ fn attention_image<S: pulp::Simd>(simd: S, (qkv, s, img, out, probs): AttnFwd) {
         // Kᵀ [dh, tp], zero past column t.
         transpose(t, dh, &rows[k..], row, &mut kt, tp);
         let p = &mut probs[head * t * tp..][..t * tp];
-        let qh = view(&rows[q..], t, dh, row);
+        let qh = MatRef::strided(&rows[q..], t, dh, row);
         small_gemm(simd, tp, scale, qh, &kt, tp, p, tp, &mut pack);
         for r in p.chunks_exact_mut(tp) {
             softmax_padded(r, t);
         }
-        let ph = view(p, t, t, tp);
+        let ph = MatRef::strided(p, t, t, tp);
         small_gemm(
             simd,
             dh,
@@ -714,7 +714,7 @@ fn attention_backward_image<S: pulp::Simd>(simd: S, (qkv, probs, dout, s, img, d
     let mut pack = Vec::new();
     for head in 0..h {
         let (q, k, v) = (head * dh, d + head * dh, 2 * d + head * dh);
-        let p = view(&probs[(img * h + head) * t * tp..][..t * tp], t, t, tp);
+        let p = MatRef::strided(&probs[(img * h + head) * t * tp..][..t * tp], t, t, tp);
         let dout_h = &dout[head * dh..];
         // dV = Pᵀ·dO
         small_gemm(
@@ -730,7 +730,7 @@ fn attention_backward_image<S: pulp::Simd>(simd: S, (qkv, probs, dout, s, img, d
         );
         // dP = dO·Vᵀ, then dS = P ⊙ (dP − rowsum(dP ⊙ P)) / √dh in place.
         transpose(t, dh, &rows[v..], row, &mut vt, tp);
-        let doh = view(dout_h, t, dh, d);
+        let doh = MatRef::strided(dout_h, t, dh, d);
         small_gemm(simd, tp, 1.0, doh, &vt, tp, &mut ds, tp, &mut pack);
         for (dsr, pr) in ds.chunks_exact_mut(tp).zip(p.data.chunks_exact(tp)) {
             let rowdot = dot(dsr, pr);
@@ -743,7 +743,7 @@ fn attention_backward_image<S: pulp::Simd>(simd: S, (qkv, probs, dout, s, img, d
             }
         }
         // dQ = dS·K, dK = dSᵀ·Q.
-        let dsv = view(&ds, t, t, tp);
+        let dsv = MatRef::strided(&ds, t, t, tp);
         small_gemm(
             simd,
             dh,
@@ -766,18 +766,6 @@ fn attention_backward_image<S: pulp::Simd>(simd: S, (qkv, probs, dout, s, img, d
             row,
             &mut pack,
         );
-    }
-}
-
-/// A `rows × cols` view of `data` with row stride `rs` (columns contiguous).
-#[inline(always)]
-fn view(data: &[f32], rows: usize, cols: usize, rs: usize) -> MatRef<'_> {
-    MatRef {
-        data,
-        rows,
-        cols,
-        rs,
-        cs: 1,
     }
 }
 
