@@ -637,6 +637,27 @@ fn batch_norm_by_hand() {
     );
 }
 
+/// Training steps may run on different threads (rayon workers): each update lands at once,
+/// whichever thread made it, and the stored value (what a checkpoint or a visitor reads) is
+/// the sequential one, not an average of per-thread values or one step stale.
+#[test]
+fn batch_norm_running_stats_follow_steps_on_any_thread() {
+    let bn = BatchNorm1d::<B>::new(1, false, &dev());
+    let col = |v: [f32; 2]| Tensor::<B, 2>::from_data(TensorData::new(v.to_vec(), [2, 1]), &dev());
+    // Batch means 2, then 10, then 4 (from this thread, another, and this one again).
+    bn.forward_mode(col([1.0, 3.0]), true);
+    std::thread::scope(|s| {
+        s.spawn(|| bn.forward_mode(col([9.0, 11.0]), true));
+    });
+    close(&values(bn.running_mean.value()), &[0.9 * 0.2 + 1.0], 1e-6);
+    bn.forward_mode(col([4.0, 4.0]), true);
+    let m = 0.9 * (0.9 * 0.2 + 1.0) + 0.4;
+    close(&values(bn.running_mean.value()), &[m], 1e-6);
+    // Unbiased variances 2, 2, 0.
+    let v = 0.9 * (0.9 * (0.9 + 0.2) + 0.2);
+    close(&values(bn.running_var.value()), &[v], 1e-6);
+}
+
 #[test]
 fn mlp_follows_burn_training_convention() {
     // On an autodiff backend the BatchNorm uses batch statistics: the last-layer BN without

@@ -277,8 +277,13 @@ impl<B: Backend> BatchNorm1d<B> {
             let rm =
                 self.running_mean.value_sync() * (1.0 - m) + mean.clone().detach().reshape([c]) * m;
             let rv = self.running_var.value_sync() * (1.0 - m) + unbiased.reshape([c]) * m;
+            // `RunningState` keeps one pending value per thread and folds them into its
+            // value only when the same thread reads it again; a training step may run on any
+            // worker thread, so fold each update at once, before another thread can add one.
             self.running_mean.update(rm.detach());
+            self.running_mean.value_sync();
             self.running_var.update(rv.detach());
+            self.running_var.value_sync();
             (mean, var)
         } else {
             (
