@@ -14,6 +14,7 @@ pub mod exec;
 pub mod loss;
 pub mod nn;
 pub mod ops;
+pub mod pool;
 pub mod profile;
 pub mod schedule;
 pub mod train;

@@ -622,6 +622,17 @@ impl<B: AutodiffBackend> Trainer<B> {
         wait: f64,
         device: &B::Device,
     ) -> Result<StepLog, TrainError> {
+        crate::pool::on_worker(|| self.step_on_worker(program, batches, wait, device))
+    }
+
+    /// The body of [`Trainer::step_with`], run on a worker thread of rayon's pool.
+    fn step_on_worker(
+        &mut self,
+        program: &mut Program<B>,
+        batches: StepBatches,
+        wait: f64,
+        device: &B::Device,
+    ) -> Result<StepLog, TrainError> {
         let t0 = Instant::now();
         let step = batches.step;
         let mut ph = Phases {
