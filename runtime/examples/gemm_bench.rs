@@ -4,7 +4,7 @@
 //!
 //!     cargo run --release -p canc-runtime --example gemm_bench
 
-use canc_runtime::ops::gemm::{MatRef, matmul_into};
+use canc_runtime::ops::gemm::{MatRef, linear_backward, matmul_into};
 use std::time::Instant;
 
 fn main() {
@@ -39,6 +39,31 @@ fn main() {
         println!(
             "{m} {k} {n} {:.1} GFLOP/s",
             2.0 * (m * k * n) as f64 / dt / 1e9
+        );
+    }
+    // The Linear backward (dx and dw, plus db) of each of a block's four layers.
+    for (k, n) in [(192, 576), (192, 192), (192, 768), (768, 192)] {
+        let m = 1600;
+        let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
+        let w: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
+        let dy: Vec<f32> = (0..m * n).map(|i| (i % 3) as f32 * 0.1).collect();
+        let run = || linear_backward(&x, &w, &dy, (m, k, n), [true, true, true]);
+        for _ in 0..3 {
+            run();
+        }
+        let dt = (0..7)
+            .map(|_| {
+                let t0 = Instant::now();
+                for _ in 0..20 {
+                    std::hint::black_box(run());
+                }
+                t0.elapsed().as_secs_f64() / 20.0
+            })
+            .fold(f64::INFINITY, f64::min);
+        println!(
+            "linear backward {m} {k} {n}: {:.3} ms, {:.1} GFLOP/s",
+            dt * 1e3,
+            4.0 * (m * k * n) as f64 / dt / 1e9
         );
     }
 }

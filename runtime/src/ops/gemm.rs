@@ -163,7 +163,9 @@ pub fn linear(
 }
 
 /// The gradients of [`linear`] given `dy` (`m × n`): `(dx = dy·wᵀ, dw = xᵀ·dy, db = Σ_rows dy)`,
-/// each computed only when asked for.
+/// each computed only when asked for. `dx` and `dw` (the same number of multiply-adds) run
+/// side by side on the thread pool rather than one after the other, each product splitting
+/// further only where threads are idle.
 pub fn linear_backward(
     x: &[f32],
     w: &[f32],
@@ -172,24 +174,34 @@ pub fn linear_backward(
     want: [bool; 3],
 ) -> [Option<Vec<f32>>; 3] {
     let dyv = MatRef::rows(dy, m, n);
-    let dx = want[0].then(|| {
-        let mut dx = vec![0.0; m * k];
-        matmul_into(&mut dx, false, dyv, MatRef::rows(w, k, n).t());
-        dx
-    });
-    let dw = want[1].then(|| {
-        let mut dw = vec![0.0; k * n];
-        matmul_into(&mut dw, false, MatRef::rows(x, m, k).t(), dyv);
-        dw
-    });
-    let db = want[2].then(|| {
-        let mut db = vec![0.0f32; n];
-        for row in dy.chunks_exact(n.max(1)) {
-            for (acc, v) in db.iter_mut().zip(row) {
-                *acc += v;
+    let dx = || {
+        want[0].then(|| {
+            let mut dx = vec![0.0; m * k];
+            matmul_into(&mut dx, false, dyv, MatRef::rows(w, k, n).t());
+            dx
+        })
+    };
+    let dw_db = || {
+        let dw = want[1].then(|| {
+            let mut dw = vec![0.0; k * n];
+            matmul_into(&mut dw, false, MatRef::rows(x, m, k).t(), dyv);
+            dw
+        });
+        let db = want[2].then(|| {
+            let mut db = vec![0.0f32; n];
+            for row in dy.chunks_exact(n.max(1)) {
+                for (acc, v) in db.iter_mut().zip(row) {
+                    *acc += v;
+                }
             }
-        }
-        db
-    });
+            db
+        });
+        (dw, db)
+    };
+    let (dx, (dw, db)) = if want[0] && want[1] {
+        rayon::join(dx, dw_db)
+    } else {
+        (dx(), dw_db())
+    };
     [dx, dw, db]
 }
