@@ -396,6 +396,56 @@ fn linear_by_hand() {
     );
 }
 
+/// `gemm::matmul` writes its result into memory it never zero-filled: every element must come
+/// from the product. Each shape runs right after a NaN-filled buffer of the same size is freed
+/// (which the allocator hands back), on row-major and transposed views, tiny, odd-sized and
+/// above the parallel threshold, against an f64 product.
+#[test]
+fn matmul_writes_every_element_of_its_new_buffer() {
+    use canc_runtime::ops::gemm::{MatRef, matmul};
+    for (m, k, n) in [
+        (1, 1, 1),
+        (1, 7, 1),
+        (3, 5, 2),
+        (16, 16, 16),
+        (17, 3, 29),
+        (200, 192, 64),
+        (300, 192, 200),
+    ] {
+        let a = fill(m * k, 3, 1.0);
+        let b = fill(k * n, 4, 1.0);
+        // a·b with a row-major, then with a given as the transpose of its k × m transpose.
+        let at: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
+        for transposed in [false, false, true] {
+            drop(std::hint::black_box(vec![f32::NAN; m * n]));
+            let av = if transposed {
+                MatRef::rows(&at, k, m).t()
+            } else {
+                MatRef::rows(&a, m, k)
+            };
+            let y = matmul(av, MatRef::rows(&b, k, n));
+            assert_eq!(y.len(), m * n);
+            for i in 0..m {
+                for j in 0..n {
+                    let want: f64 = (0..k)
+                        .map(|p| a[i * k + p] as f64 * b[p * n + j] as f64)
+                        .sum();
+                    let got = y[i * n + j];
+                    assert!(
+                        (got as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "{m}×{k}×{n} (transposed: {transposed}) at ({i}, {j}): {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(
+        matmul(MatRef::rows(&[], 2, 0), MatRef::rows(&[], 0, 3))
+            .iter()
+            .all(|&v| v == 0.0)
+    );
+}
+
 /// Forward and all three gradients against Burn's `linear` under autodiff, with and without a
 /// bias, on a small shape (one thread) and one above the parallel threshold (rayon split).
 #[test]

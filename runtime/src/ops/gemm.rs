@@ -1,7 +1,8 @@
 //! A safe, bounds-checked matrix product on f32 slices (the `gemm` crate that Burn's CPU
-//! backend uses), writing into a buffer the caller owns: the fused Linear op ([`super::linear`])
-//! calls it so that a product lands in its output `Vec` directly, with the bias already in it,
-//! instead of Burn's zero-filled, re-aligned copy per matmul output.
+//! backend uses), writing into a buffer the caller owns ([`matmul_into`]) or a new one that is
+//! never zero-filled ([`matmul`]): the fused Linear op ([`super::linear`]) calls them so that a
+//! product lands in its output `Vec` directly, with the bias already in it, instead of Burn's
+//! zero-filled, re-aligned copy per matmul output.
 
 /// A read-only `rows × cols` matrix view of a slice: element `(i, j)` is at `i·rs + j·cs`.
 #[derive(Clone, Copy, Debug)]
@@ -75,17 +76,8 @@ const PARALLEL_MIN: usize = 192 * 192 * 192;
 /// # Panics
 /// If the shapes disagree or a view addresses memory outside its slice.
 pub fn matmul_into(dst: &mut [f32], accumulate: bool, a: MatRef<'_>, b: MatRef<'_>) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert_eq!(
-        b.rows, k,
-        "matmul_into: inner dimensions {k} and {}",
-        b.rows
-    );
+    let (m, k, n) = check(a, b);
     assert_eq!(dst.len(), m * n, "matmul_into: destination is not {m}×{n}");
-    assert!(
-        a.in_bounds() && b.in_bounds(),
-        "matmul_into: view out of bounds"
-    );
     if m == 0 || n == 0 {
         return;
     }
@@ -95,24 +87,70 @@ pub fn matmul_into(dst: &mut [f32], accumulate: bool, a: MatRef<'_>, b: MatRef<'
         }
         return;
     }
+    // SAFETY: `dst` is exactly `m × n` and borrowed mutably for the call, so nothing else reads
+    // or writes it; with `accumulate` gemm reads the initialised values already there.
+    #[allow(unsafe_code)]
+    unsafe {
+        product(dst.as_mut_ptr(), accumulate, a, b);
+    }
+}
+
+/// `a·b` in a new row-major `a.rows × b.cols` buffer, written by the product directly: no
+/// zero-fill first, which on a training step's gradients is a pass over memory per product.
+///
+/// # Panics
+/// If the shapes disagree or a view addresses memory outside its slice.
+pub fn matmul(a: MatRef<'_>, b: MatRef<'_>) -> Vec<f32> {
+    let (m, k, n) = check(a, b);
+    let len = m.checked_mul(n).expect("matmul: output size overflows");
+    if len == 0 || k == 0 {
+        return vec![0.0; len];
+    }
+    let mut dst = Vec::with_capacity(len);
+    // SAFETY: `dst` has capacity for the `m × n` result and nothing else refers to it. With
+    // `read_dst = false` gemm reads no destination element and writes every one of them (it
+    // stores `a·b` for each output tile), so all `len` elements are initialised when it returns
+    // and `set_len` exposes only written values. A panic inside gemm leaves the length at 0.
+    #[allow(unsafe_code)]
+    unsafe {
+        product(dst.as_mut_ptr(), false, a, b);
+        dst.set_len(len);
+    }
+    dst
+}
+
+/// The shapes of `a·b`, `(m, k, n)`, after checking that they agree and that both views lie
+/// inside their slices.
+fn check(a: MatRef<'_>, b: MatRef<'_>) -> (usize, usize, usize) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "matmul: inner dimensions {k} and {}", b.rows);
+    assert!(a.in_bounds() && b.in_bounds(), "matmul: view out of bounds");
+    (m, k, n)
+}
+
+/// `dst (+)= a·b` through gemm, spread over the thread pool when large enough.
+///
+/// # Safety
+/// `dst` must be valid for writes of `a.rows × b.cols` f32 (row-major, row stride `b.cols`),
+/// not aliased by anything else during the call, and initialised if `accumulate`; `a` and `b`
+/// must have passed [`check`], with every dimension non-zero.
+#[allow(unsafe_code)]
+unsafe fn product(dst: *mut f32, accumulate: bool, a: MatRef<'_>, b: MatRef<'_>) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
     let parallelism = if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MIN {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: `dst` is exactly `m × n` with row stride `n` and column stride 1, and is borrowed
-    // mutably for the call; every element of `a` (m × k) and `b` (k × n) that the strides
-    // address lies inside its slice (checked above, without overflow), and the slices are
-    // borrowed for the call so nothing else writes them. `dst` cannot alias `a` or `b` (a
-    // `&mut` and a `&` to the same memory cannot coexist). With `read_dst = false` gemm never
-    // reads `dst`; with `true` it reads the initialised values already there.
-    #[allow(unsafe_code)]
+    // SAFETY: the caller guarantees `dst`; every element of `a` (m × k) and `b` (k × n) that
+    // the strides address lies inside its slice (checked, without overflow), and the slices are
+    // shared borrows for the call, so nothing writes them and `dst` cannot alias them.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             n as isize,
             accumulate,
@@ -142,23 +180,15 @@ pub fn linear(
     k: usize,
     n: usize,
 ) -> Vec<f32> {
-    let mut y = match bias {
-        Some(b) => {
-            assert_eq!(b.len(), n, "linear: bias of {} for {n} outputs", b.len());
-            let mut y = Vec::with_capacity(m * n);
-            for _ in 0..m {
-                y.extend_from_slice(b);
-            }
-            y
-        }
-        None => vec![0.0; m * n],
+    let Some(b) = bias else {
+        return matmul(MatRef::rows(x, m, k), MatRef::rows(w, k, n));
     };
-    matmul_into(
-        &mut y,
-        bias.is_some(),
-        MatRef::rows(x, m, k),
-        MatRef::rows(w, k, n),
-    );
+    assert_eq!(b.len(), n, "linear: bias of {} for {n} outputs", b.len());
+    let mut y = Vec::with_capacity(m * n);
+    for _ in 0..m {
+        y.extend_from_slice(b);
+    }
+    matmul_into(&mut y, true, MatRef::rows(x, m, k), MatRef::rows(w, k, n));
     y
 }
 
@@ -174,19 +204,9 @@ pub fn linear_backward(
     want: [bool; 3],
 ) -> [Option<Vec<f32>>; 3] {
     let dyv = MatRef::rows(dy, m, n);
-    let dx = || {
-        want[0].then(|| {
-            let mut dx = vec![0.0; m * k];
-            matmul_into(&mut dx, false, dyv, MatRef::rows(w, k, n).t());
-            dx
-        })
-    };
+    let dx = || want[0].then(|| matmul(dyv, MatRef::rows(w, k, n).t()));
     let dw_db = || {
-        let dw = want[1].then(|| {
-            let mut dw = vec![0.0; k * n];
-            matmul_into(&mut dw, false, MatRef::rows(x, m, k).t(), dyv);
-            dw
-        });
+        let dw = want[1].then(|| matmul(MatRef::rows(x, m, k).t(), dyv));
         let db = want[2].then(|| {
             let mut db = vec![0.0f32; n];
             for row in dy.chunks_exact(n.max(1)) {
