@@ -4,6 +4,8 @@
 //! product lands in its output `Vec` directly, with the bias already in it, instead of Burn's
 //! zero-filled, re-aligned copy per matmul output.
 
+use rayon::prelude::*;
+
 /// A read-only `rows × cols` matrix view of a slice: element `(i, j)` is at `i·rs + j·cs`.
 #[derive(Clone, Copy, Debug)]
 pub struct MatRef<'a> {
@@ -136,8 +138,23 @@ fn check(a: MatRef<'_>, b: MatRef<'_>) -> (usize, usize, usize) {
 /// must have passed [`check`], with every dimension non-zero.
 #[allow(unsafe_code)]
 unsafe fn product(dst: *mut f32, accumulate: bool, a: MatRef<'_>, b: MatRef<'_>) {
+    unsafe { product_on(dst, accumulate, a, b, true) }
+}
+
+/// [`product`], spread over the pool only if `parallel`.
+///
+/// # Safety
+/// As [`product`].
+#[allow(unsafe_code)]
+unsafe fn product_on(
+    dst: *mut f32,
+    accumulate: bool,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    parallel: bool,
+) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    let parallelism = if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MIN {
+    let parallelism = if parallel && m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MIN {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None
@@ -171,7 +188,11 @@ unsafe fn product(dst: *mut f32, accumulate: bool, a: MatRef<'_>, b: MatRef<'_>)
 }
 
 /// `x·w (+ bias)` for row-major `x` (`m × k`) and `w` (`k × n`): a new row-major `m × n`
-/// buffer, the bias broadcast over its rows before the product is accumulated onto it.
+/// buffer, never zero-filled. On a pool of up to [`BAND_THREADS`] threads the rows are split
+/// into one band per thread, and each thread writes its band's bias and accumulates its band's
+/// product onto it while the band is in its cache, with no synchronisation inside the product
+/// (CAN's forward measured 4–12% faster on 2 threads than one product split by `gemm`); on
+/// larger pools, where each band would repack the whole weight, `gemm` splits one product.
 pub fn linear(
     x: &[f32],
     w: &[f32],
@@ -180,17 +201,66 @@ pub fn linear(
     k: usize,
     n: usize,
 ) -> Vec<f32> {
-    let Some(b) = bias else {
-        return matmul(MatRef::rows(x, m, k), MatRef::rows(w, k, n));
-    };
-    assert_eq!(b.len(), n, "linear: bias of {} for {n} outputs", b.len());
-    let mut y = Vec::with_capacity(m * n);
-    for _ in 0..m {
-        y.extend_from_slice(b);
+    let wv = MatRef::rows(w, k, n);
+    check(MatRef::rows(x, m, k), wv);
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "linear: bias of {} for {n} outputs", b.len());
     }
-    matmul_into(&mut y, true, MatRef::rows(x, m, k), MatRef::rows(w, k, n));
+    let len = m * n;
+    if len == 0 || k == 0 {
+        let mut y = vec![0.0; len];
+        if let Some(b) = bias {
+            y.chunks_exact_mut(n.max(1))
+                .for_each(|r| r.copy_from_slice(b));
+        }
+        return y;
+    }
+    let threads = rayon::current_num_threads();
+    let banded = threads <= BAND_THREADS && m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MIN;
+    let rows = if banded {
+        m.div_ceil(threads).max(BAND_MIN)
+    } else {
+        m
+    };
+    let mut y: Vec<f32> = Vec::with_capacity(len);
+    y.spare_capacity_mut()[..len]
+        .par_chunks_mut(rows * n)
+        .zip(x.par_chunks(rows * k))
+        .for_each(|(yb, xb)| {
+            if let Some(b) = bias {
+                for row in yb.chunks_exact_mut(n) {
+                    for (d, &v) in row.iter_mut().zip(b) {
+                        d.write(v);
+                    }
+                }
+            }
+            // SAFETY: `yb` is this band's `rows × n` part of the capacity, borrowed mutably for
+            // the call; it holds the bias when accumulating, and with `read_dst = false` gemm
+            // writes every element and reads none. `xb` is the band's rows of `x`, checked.
+            #[allow(unsafe_code)]
+            unsafe {
+                product_on(
+                    yb.as_mut_ptr().cast(),
+                    bias.is_some(),
+                    MatRef::rows(xb, yb.len() / n, k),
+                    wv,
+                    !banded,
+                );
+            }
+        });
+    // SAFETY: the bands cover all `len` elements and each wrote every one of its own.
+    #[allow(unsafe_code)]
+    unsafe {
+        y.set_len(len);
+    }
     y
 }
+
+/// The largest pool on which [`linear`] splits its rows into bands (measured on 2 threads).
+const BAND_THREADS: usize = 4;
+
+/// The fewest rows in a band of [`linear`].
+const BAND_MIN: usize = 64;
 
 /// The gradients of [`linear`] given `dy` (`m × n`): `(dx = dy·wᵀ, dw = xᵀ·dy, db = Σ_rows dy)`,
 /// each computed only when asked for. `dx` and `dw` (the same number of multiply-adds) run
