@@ -622,11 +622,17 @@ impl<B: AutodiffBackend> Trainer<B> {
         wait: f64,
         device: &B::Device,
     ) -> Result<StepLog, TrainError> {
-        crate::pool::on_worker(|| self.step_on_worker(program, batches, wait, device))
+        // On the CPU backend every op of the step is a rayon loop: run the step on a worker.
+        // GPU backends keep the caller's thread (their streams follow the calling thread).
+        if std::any::TypeId::of::<B>() == std::any::TypeId::of::<crate::backend::CpuTrain>() {
+            crate::pool::on_worker(|| self.step_body(program, batches, wait, device))
+        } else {
+            self.step_body(program, batches, wait, device)
+        }
     }
 
-    /// The body of [`Trainer::step_with`], run on a worker thread of rayon's pool.
-    fn step_on_worker(
+    /// The body of [`Trainer::step_with`].
+    fn step_body(
         &mut self,
         program: &mut Program<B>,
         batches: StepBatches,
