@@ -206,7 +206,7 @@ pub fn linear(
     if let Some(b) = bias {
         assert_eq!(b.len(), n, "linear: bias of {} for {n} outputs", b.len());
     }
-    let len = m * n;
+    let len = m.checked_mul(n).expect("linear: output size overflows");
     if len == 0 || k == 0 {
         let mut y = vec![0.0; len];
         if let Some(b) = bias {
