@@ -93,7 +93,7 @@ pub fn matmul_into(dst: &mut [f32], accumulate: bool, a: MatRef<'_>, b: MatRef<'
     // or writes it; with `accumulate` gemm reads the initialised values already there.
     #[allow(unsafe_code)]
     unsafe {
-        product(dst.as_mut_ptr(), accumulate, a, b);
+        product(dst.as_mut_ptr(), accumulate, a, b, true);
     }
 }
 
@@ -115,7 +115,7 @@ pub fn matmul(a: MatRef<'_>, b: MatRef<'_>) -> Vec<f32> {
     // and `set_len` exposes only written values. A panic inside gemm leaves the length at 0.
     #[allow(unsafe_code)]
     unsafe {
-        product(dst.as_mut_ptr(), false, a, b);
+        product(dst.as_mut_ptr(), false, a, b, true);
         dst.set_len(len);
     }
     dst
@@ -130,31 +130,22 @@ fn check(a: MatRef<'_>, b: MatRef<'_>) -> (usize, usize, usize) {
     (m, k, n)
 }
 
-/// `dst (+)= a·b` through gemm, spread over the thread pool when large enough.
+/// Whether an `m × k × n` product is large enough to gain from more than one thread.
+fn worth_splitting(m: usize, k: usize, n: usize) -> bool {
+    m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MIN
+}
+
+/// `dst (+)= a·b` through gemm, spread over the thread pool by gemm if `parallel` and
+/// [`worth_splitting`].
 ///
 /// # Safety
 /// `dst` must be valid for writes of `a.rows × b.cols` f32 (row-major, row stride `b.cols`),
 /// not aliased by anything else during the call, and initialised if `accumulate`; `a` and `b`
 /// must have passed [`check`], with every dimension non-zero.
 #[allow(unsafe_code)]
-unsafe fn product(dst: *mut f32, accumulate: bool, a: MatRef<'_>, b: MatRef<'_>) {
-    unsafe { product_on(dst, accumulate, a, b, true) }
-}
-
-/// [`product`], spread over the pool only if `parallel`.
-///
-/// # Safety
-/// As [`product`].
-#[allow(unsafe_code)]
-unsafe fn product_on(
-    dst: *mut f32,
-    accumulate: bool,
-    a: MatRef<'_>,
-    b: MatRef<'_>,
-    parallel: bool,
-) {
+unsafe fn product(dst: *mut f32, accumulate: bool, a: MatRef<'_>, b: MatRef<'_>, parallel: bool) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    let parallelism = if parallel && m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MIN {
+    let parallelism = if parallel && worth_splitting(m, k, n) {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None
@@ -216,7 +207,7 @@ pub fn linear(
         return y;
     }
     let threads = rayon::current_num_threads();
-    let banded = threads <= BAND_THREADS && m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MIN;
+    let banded = threads <= BAND_THREADS && worth_splitting(m, k, n);
     let rows = if banded {
         m.div_ceil(threads).max(BAND_MIN)
     } else {
@@ -239,7 +230,7 @@ pub fn linear(
             // writes every element and reads none. `xb` is the band's rows of `x`, checked.
             #[allow(unsafe_code)]
             unsafe {
-                product_on(
+                product(
                     yb.as_mut_ptr().cast(),
                     bias.is_some(),
                     MatRef::rows(xb, yb.len() / n, k),
