@@ -19,23 +19,14 @@ fn main() {
         let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
         let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
         let mut c = vec![0.0f32; m * n];
-        let run = |c: &mut Vec<f32>| {
-            matmul_into(c, false, MatRef::rows(&a, m, k), MatRef::rows(&b, k, n));
-        };
-        for _ in 0..3 {
-            run(&mut c);
-        }
-        // Best of 7 rounds of 20: this container is shared, so the fastest round is the one
-        // least disturbed.
-        let dt = (0..7)
-            .map(|_| {
-                let t0 = Instant::now();
-                for _ in 0..20 {
-                    run(&mut c);
-                }
-                t0.elapsed().as_secs_f64() / 20.0
-            })
-            .fold(f64::INFINITY, f64::min);
+        let dt = best_time(|| {
+            matmul_into(
+                &mut c,
+                false,
+                MatRef::rows(&a, m, k),
+                MatRef::rows(&b, k, n),
+            );
+        });
         println!(
             "{m} {k} {n} {:.1} GFLOP/s",
             2.0 * (m * k * n) as f64 / dt / 1e9
@@ -47,23 +38,30 @@ fn main() {
         let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
         let w: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
         let dy: Vec<f32> = (0..m * n).map(|i| (i % 3) as f32 * 0.1).collect();
-        let run = || linear_backward(&x, &w, &dy, (m, k, n), [true, true, true]);
-        for _ in 0..3 {
-            run();
-        }
-        let dt = (0..7)
-            .map(|_| {
-                let t0 = Instant::now();
-                for _ in 0..20 {
-                    std::hint::black_box(run());
-                }
-                t0.elapsed().as_secs_f64() / 20.0
-            })
-            .fold(f64::INFINITY, f64::min);
+        let dt = best_time(|| {
+            std::hint::black_box(linear_backward(&x, &w, &dy, (m, k, n), [true, true, true]));
+        });
         println!(
             "linear backward {m} {k} {n}: {:.3} ms, {:.1} GFLOP/s",
             dt * 1e3,
             4.0 * (m * k * n) as f64 / dt / 1e9
         );
     }
+}
+
+/// Seconds per call of `run`: 3 warm-up calls, then the best of 7 rounds of 20. This container
+/// is shared, so the fastest round is the one least disturbed.
+fn best_time(mut run: impl FnMut()) -> f64 {
+    for _ in 0..3 {
+        run();
+    }
+    (0..7)
+        .map(|_| {
+            let t0 = Instant::now();
+            for _ in 0..20 {
+                run();
+            }
+            t0.elapsed().as_secs_f64() / 20.0
+        })
+        .fold(f64::INFINITY, f64::min)
 }
