@@ -52,7 +52,7 @@ mod tests {
         use rayon::prelude::*;
         use std::sync::atomic::{AtomicUsize, Ordering};
         static INSIDE: AtomicUsize = AtomicUsize::new(0);
-        let max = std::thread::scope(|s| {
+        let results = std::thread::scope(|s| {
             let handles: Vec<_> = (0..4)
                 .map(|_| {
                     s.spawn(|| {
@@ -72,11 +72,11 @@ mod tests {
                 .map(|h| h.join().unwrap())
                 .collect::<Vec<_>>()
         });
-        assert!(max.iter().all(|&(_, sum)| sum == max[0].1));
+        assert!(results.iter().all(|&(_, sum)| sum == results[0].1));
         if rayon::current_num_threads() >= 2 {
             assert!(
-                max.iter().all(|&(now, _)| now == 1),
-                "steps overlapped: {max:?}"
+                results.iter().all(|&(now, _)| now == 1),
+                "steps overlapped: {results:?}"
             );
         }
     }

@@ -14,9 +14,10 @@ const CHUNK: usize = 1 << 14;
 
 /// Runs the `#[inline(always)]` kernel function `$kernel` on the SIMD token and `$args` (of
 /// the one-lifetime type `$ty`) compiled for the best instruction set the CPU has: the call is
-/// written inside pulp's `WithSimd::with_simd`, so it is inlined into pulp's `#[target_feature]` entry points
-/// with every `#[inline(always)]` helper below it. (A closure or function pointer passed
-/// through a generic `FnOnce` is not reliably inlined there and then runs as baseline SSE2.)
+/// written inside pulp's `WithSimd::with_simd`, so it is inlined into pulp's
+/// `#[target_feature]` entry points with every `#[inline(always)]` helper below it. (A closure
+/// or function pointer passed through a generic `FnOnce` is not reliably inlined there and then
+/// runs as baseline SSE2.)
 macro_rules! simd {
     ($kernel:ident($ty:ident) -> $out:ty, $args:expr) => {{
         struct Run<'a>($ty<'a>);
@@ -86,8 +87,9 @@ fn exp_v<S: pulp::Simd>(simd: S, x: S::f32s) -> S::f32s {
 }
 
 /// `(Φ(x), φ(x))` for a SIMD vector: the standard normal CDF and density. `Φ` from Abramowitz
-/// & Stegun 7.1.26 (absolute error of `erf` below 1.5·10⁻⁷), written as `erfc(|x|/√2)` in the lower tail so
-/// that `x·Φ(x)` keeps its relative accuracy for negative `x`; one `exp` serves both.
+/// & Stegun 7.1.26 (absolute error of `erf` below 1.5·10⁻⁷), written as `erfc(|x|/√2)` in the
+/// lower tail so that `x·Φ(x)` keeps its relative accuracy for negative `x`; one `exp` serves
+/// both.
 #[inline(always)]
 fn normal_cdf_pdf_v<S: pulp::Simd>(simd: S, x: S::f32s) -> (S::f32s, S::f32s) {
     let e = exp_v(
