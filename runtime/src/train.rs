@@ -58,6 +58,14 @@ pub enum TrainError {
         /// Batch size.
         batch: usize,
     },
+    /// The device reported an error while the step's queued work ran.
+    #[error("step {step}: the device failed: {why}")]
+    Device {
+        /// The step.
+        step: u64,
+        /// The backend's message.
+        why: String,
+    },
 }
 
 /// Options of one run.
@@ -81,6 +89,11 @@ pub struct RunOptions {
     pub time_limit: Option<Duration>,
     /// Steps of batches a background thread prepares ahead (0: built inline).
     pub prefetch: usize,
+    /// Wait for the device's queued work at the end of each phase of a step, so that each
+    /// phase's time is its own work (GPU backends run asynchronously: without it a phase's time
+    /// is when its work was queued, and the wait lands in whichever phase next reads a value).
+    /// What `canc bench` does, as the PyTorch reference does; a no-op on the CPU.
+    pub sync_phases: bool,
 }
 
 impl RunOptions {
@@ -96,6 +109,7 @@ impl RunOptions {
             stop: None,
             time_limit: None,
             prefetch: 2,
+            sync_phases: false,
         }
     }
 }
@@ -521,6 +535,8 @@ pub struct Trainer<B: AutodiffBackend> {
     roles: HashMap<String, canc_compiler::plan::Role>,
     /// Collapse indicators every this many steps (the spec's `train.log_every`; 0: never).
     collapse_every: u64,
+    /// See [`RunOptions::sync_phases`].
+    sync_phases: bool,
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
@@ -565,6 +581,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 Some(RValue::Int(i)) => (*i).max(0) as u64,
                 _ => 10,
             },
+            sync_phases: opts.sync_phases,
         })
     }
 
@@ -653,6 +670,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         for b in batches.micro {
             let t = Instant::now();
             let batch = to_tensors::<B>(b, device);
+            self.wait_for(device, step)?;
             ph.data += t.elapsed().as_secs_f64();
             let t = Instant::now();
             let fwd = program.forward(&batch, &mut rng)?;
@@ -678,6 +696,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 }
             }
             loss += f64::from(fwd.total.clone().into_scalar().elem::<f32>()) / self.accum as f64;
+            self.wait_for(device, step)?;
             ph.forward += t.elapsed().as_secs_f64();
             let t = Instant::now();
             let total = if self.accum > 1 {
@@ -687,6 +706,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             };
             let grads = GradientsParams::from_grads(total.backward(), &program.model);
             acc.accumulate(&program.model, grads);
+            self.wait_for(device, step)?;
             ph.backward += t.elapsed().as_secs_f64();
         }
         if !loss.is_finite() {
@@ -712,6 +732,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 .and_then(|r| ema_momentum(r, step, total))
                 .unwrap_or(1.0)
         });
+        self.wait_for(device, step)?;
         ph.optimizer += t.elapsed().as_secs_f64();
         Ok(StepLog {
             step,
@@ -721,6 +742,19 @@ impl<B: AutodiffBackend> Trainer<B> {
             seconds: t0.elapsed().as_secs_f64() + wait,
             phases: ph,
             extra,
+        })
+    }
+}
+
+impl<B: AutodiffBackend> Trainer<B> {
+    /// With [`RunOptions::sync_phases`], waits until the device has run all queued work.
+    fn wait_for(&self, device: &B::Device, step: u64) -> Result<(), TrainError> {
+        if !self.sync_phases {
+            return Ok(());
+        }
+        B::sync(device).map_err(|e| TrainError::Device {
+            step,
+            why: e.to_string().replace("\n", " "),
         })
     }
 }

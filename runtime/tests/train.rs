@@ -153,3 +153,36 @@ fn mocov3_trains() {
 fn supcon_trains() {
     trains("supcon", &[]);
 }
+
+/// `RunOptions::sync_phases` (what `canc bench` sets) only waits for the device between phases:
+/// the same steps give the same losses with and without it, and the phases still add up to no
+/// more than the step.
+#[test]
+fn syncing_between_phases_changes_no_result() {
+    let mut extra = overrides(&[]);
+    extra.push("train.epochs=3".into());
+    let res = canc_compiler::resolve_path("../specs/can.canspec".as_ref(), &extra);
+    assert!(!res.has_errors());
+    let plan = res.plans[0].clone();
+    let ds = data::load(&plan.data, None).expect("Fashion-MNIST is installed");
+    let device = Default::default();
+    let run = |sync: bool| {
+        let mut program = Program::<CpuTrain>::new(plan.clone(), &device).expect("builds");
+        let mut opts = RunOptions::new(3, 32);
+        opts.sync_phases = sync;
+        train(&mut program, &ds, &opts, &device).expect("trains")
+    };
+    let (plain, synced) = (run(false), run(true));
+    assert_eq!(synced.len(), 3);
+    for (a, b) in plain.iter().zip(&synced) {
+        assert_eq!(a.loss, b.loss, "step {}", a.step);
+        assert_eq!(a.terms, b.terms, "step {}", a.step);
+        let phases: f64 = b.phases.named().iter().map(|(_, v)| v).sum();
+        assert!(
+            phases <= b.seconds + 1e-6,
+            "step {}: {phases} > {}",
+            b.step,
+            b.seconds
+        );
+    }
+}
