@@ -17,10 +17,13 @@
 #   DEADLINE  seconds after which nothing new starts (default 540)
 #   STEPS (10), WARMUP (3), B_CAN (256), B_S (256), B_B (128): timed steps, warm-up, batches
 #   ONLY      a regex of run names to keep (e.g. 'canc_|torch_can'); SKIP_SMOKE=1
-# Every run starts cold (a bare machine: no CUDA kernel cache, no Inductor cache), so the limits
-# below include JIT compilation: on an H200, torch.compile of the ViT-S/4 model took over 100 s,
-# and a canc built with `--features cuda-fusion` over 235 s (BENCHMARKS.md). canc's bench prints
-# each step's time on stderr, which log.txt keeps, so a run cut off shows how far it got.
+# The machine is bare (no CUDA kernel cache, no Inductor cache), so the limits below include JIT
+# compilation: on an H200, torch.compile of the ViT-S/4 model took over 100 s, and a canc built
+# with `--features cuda-fusion` over 235 s (BENCHMARKS.md). canc keeps compiled kernels and
+# autotune results in $CANC_KERNEL_CACHE (set below to a fresh folder): canc_can_f32_warm
+# repeats canc_can_f32 with that cache filled, and the two runs' wall times ("ms") show what
+# the cache saves at start-up. canc's bench prints each step's time on stderr, which log.txt
+# keeps, so a run cut off shows how far it got.
 set -u
 BIN=${BIN:-target-cuda/release/canc}
 OUT=${OUT:-bench-out}
@@ -30,6 +33,8 @@ STEPS=${STEPS:-10}
 WARMUP=${WARMUP:-3}
 PY=${PY:-python3}
 mkdir -p "$OUT"
+export CANC_KERNEL_CACHE=${CANC_KERNEL_CACHE:-/tmp/gpu_sh_kernel_cache}
+rm -rf "$CANC_KERNEL_CACHE"
 START=$(date +%s)
 SET=()
 if [ -n "${DATA:-}" ]; then SET=(--set "data.path=\"$DATA\""); fi
@@ -74,6 +79,7 @@ canc canc_can_f32 120 specs/can.canspec "$B_CAN" "${SET[@]}"
 canc canc_can_bf16 120 specs/can.canspec "$B_CAN" --set train.precision=bf16 "${SET[@]}"
 torch torch_can_eager_f32 45 can "$B_CAN" eager f32
 torch torch_can_eager_bf16 45 can "$B_CAN" eager bf16
+canc canc_can_f32_warm 120 specs/can.canspec "$B_CAN" "${SET[@]}"
 
 B_S=${B_S:-256}
 canc canc_vit_s4_32_bf16 120 bench/specs/vit_s4_32.canspec "$B_S" --set train.precision=bf16

@@ -37,6 +37,8 @@ fn cuda<W: OnBackend>(index: usize, work: W) -> Result<W::Output, DeviceError> {
     if !cuda_driver_present() {
         return Err(DeviceError::NoDriver);
     }
+    // Before the first CUDA op: compiled kernels and autotune results persist between runs.
+    crate::kernel_cache::configure();
     Ok(work.run::<GpuTrain>(&burn::backend::cuda::CudaDevice::new(index)))
 }
 

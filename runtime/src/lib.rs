@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod eval;
 pub mod exec;
+pub mod kernel_cache;
 pub mod loss;
 pub mod nn;
 pub mod ops;
