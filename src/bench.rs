@@ -38,6 +38,10 @@ pub fn bench(args: BenchArgs) -> ExitCode {
     }
 }
 
+/// Whether each phase ends by waiting for the device ([`RunOptions::sync_phases`]): yes, so a
+/// phase's time is its own work, as the PyTorch reference measures it.
+const SYNC_PHASES: bool = true;
+
 /// `total` training steps of `plan`, each measured, on the chosen backend.
 struct Measure<'a> {
     plan: Plan,
@@ -57,8 +61,7 @@ impl OnBackend for Measure<'_> {
     fn run<B: AutodiffBackend>(self, device: &B::Device) -> Self::Output {
         let mut program = Program::<B>::new(self.plan, device)?;
         let mut opts = RunOptions::new(self.total, self.batch);
-        // Each phase's time is its own work, as the PyTorch reference measures it.
-        opts.sync_phases = true;
+        opts.sync_phases = SYNC_PHASES;
         let mut trainer = Trainer::new(&program, self.ds, &opts)?;
         let mut logs = Vec::with_capacity(self.total as usize);
         for s in 0..self.total {
@@ -142,7 +145,7 @@ fn bench_inner(args: BenchArgs) -> Result<(), String> {
             "spec": plan.spec, "device": args.device.to_string(), "batch": batch,
             "precision": precision,
             "steps": args.steps, "warmup": args.warmup, "threads": threads,
-            "sync_phases": true,
+            "sync_phases": SYNC_PHASES,
             "ms_per_step_mean": mean * 1e3, "ms_per_step_median": median * 1e3,
             "images_per_s": batch as f64 / mean,
             "data_ms": ph.data * 1e3, "forward_ms": ph.forward * 1e3,

@@ -5,7 +5,10 @@
 //!     cargo run --release -p canc-runtime --example gemm_bench
 
 use canc_runtime::ops::gemm::{MatRef, linear_backward, matmul_into};
-use std::time::Instant;
+
+#[path = "common/timing.rs"]
+mod timing;
+use timing::best_time;
 
 fn main() {
     for (m, k, n) in [
@@ -19,7 +22,7 @@ fn main() {
         let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
         let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
         let mut c = vec![0.0f32; m * n];
-        let dt = best_time(|| {
+        let dt = best_time(20, || {
             matmul_into(
                 &mut c,
                 false,
@@ -38,7 +41,7 @@ fn main() {
         let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
         let w: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
         let dy: Vec<f32> = (0..m * n).map(|i| (i % 3) as f32 * 0.1).collect();
-        let dt = best_time(|| {
+        let dt = best_time(20, || {
             std::hint::black_box(linear_backward(&x, &w, &dy, (m, k, n), [true, true, true]));
         });
         println!(
@@ -47,21 +50,4 @@ fn main() {
             4.0 * (m * k * n) as f64 / dt / 1e9
         );
     }
-}
-
-/// Seconds per call of `run`: 3 warm-up calls, then the best of 7 rounds of 20. This container
-/// is shared, so the fastest round is the one least disturbed.
-fn best_time(mut run: impl FnMut()) -> f64 {
-    for _ in 0..3 {
-        run();
-    }
-    (0..7)
-        .map(|_| {
-            let t0 = Instant::now();
-            for _ in 0..20 {
-                run();
-            }
-            t0.elapsed().as_secs_f64() / 20.0
-        })
-        .fold(f64::INFINITY, f64::min)
 }

@@ -6,23 +6,10 @@
 use canc_runtime::ops::kernels::{
     AttnShape, attention, attention_backward, gelu, gelu_backward, layer_norm, layer_norm_backward,
 };
-use std::time::Instant;
 
-/// Best mean time of 7 rounds of 10 calls, in seconds.
-fn best(mut f: impl FnMut()) -> f64 {
-    for _ in 0..3 {
-        f();
-    }
-    (0..7)
-        .map(|_| {
-            let t0 = Instant::now();
-            for _ in 0..10 {
-                f();
-            }
-            t0.elapsed().as_secs_f64() / 10.0
-        })
-        .fold(f64::INFINITY, f64::min)
-}
+#[path = "common/timing.rs"]
+mod timing;
+use timing::best_time;
 
 /// Deterministic test values in [-0.5, 0.5).
 fn fill(n: usize, seed: usize) -> Vec<f32> {
@@ -38,10 +25,10 @@ fn main() {
         let gamma = fill(d, 3);
         let beta = fill(d, 4);
         let (_, mean, rstd) = layer_norm(&x, &gamma, Some(&beta), d, 1e-6);
-        let f = best(|| {
+        let f = best_time(10, || {
             std::hint::black_box(layer_norm(&x, &gamma, Some(&beta), d, 1e-6));
         });
-        let bw = best(|| {
+        let bw = best_time(10, || {
             std::hint::black_box(layer_norm_backward(&x, &mean, &rstd, &gamma, &dy, d));
         });
         // Bytes read and written: x → y; x, dy → dx.
@@ -55,10 +42,10 @@ fn main() {
         );
         let h = fill(rows * 4 * d, 5);
         let g = fill(rows * 4 * d, 6);
-        let f = best(|| {
+        let f = best_time(10, || {
             std::hint::black_box(gelu(&h));
         });
-        let bw = best(|| {
+        let bw = best_time(10, || {
             std::hint::black_box(gelu_backward(&h, &g));
         });
         println!(
@@ -94,10 +81,10 @@ fn main() {
         let qkv = fill(n, 7);
         let dout = fill(s.b * s.t * s.d(), 8);
         let (_, probs) = attention(&qkv, s);
-        let f = best(|| {
+        let f = best_time(10, || {
             std::hint::black_box(attention(&qkv, s));
         });
-        let bw = best(|| {
+        let bw = best_time(10, || {
             std::hint::black_box(attention_backward(&qkv, &probs, &dout, s));
         });
         // q·kᵀ and p·v: 2 products of t·t·dh multiply-adds per head; backward 4.

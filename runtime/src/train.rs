@@ -744,9 +744,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             extra,
         })
     }
-}
 
-impl<B: AutodiffBackend> Trainer<B> {
     /// With [`RunOptions::sync_phases`], waits until the device has run all queued work.
     fn wait_for(&self, device: &B::Device, step: u64) -> Result<(), TrainError> {
         if !self.sync_phases {
