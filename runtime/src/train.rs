@@ -14,7 +14,7 @@ use burn::optim::{
 };
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{FloatDType, Int, Tensor, TensorData};
 use canc_compiler::ir::Op;
 use canc_compiler::plan::Plan;
 use canc_compiler::resolved::RValue;
@@ -501,9 +501,11 @@ impl StepLog {
 pub struct Phases {
     /// Decoding and augmenting the batch, and copying it to the device.
     pub data: f64,
-    /// The plan's forward pass (with the loss values read back).
+    /// The plan's forward pass.
     pub forward: f64,
-    /// Backpropagation.
+    /// Backpropagation, and the one read of the step's loss values that follows it (on a
+    /// GPU without [`RunOptions::sync_phases`], that read is where the step waits for the
+    /// device).
     pub backward: f64,
     /// Clipping, optimizer step and EMA update.
     pub optimizer: f64,
@@ -664,8 +666,11 @@ impl<B: AutodiffBackend> Trainer<B> {
         };
         let mut rng = exec::step_rng(self.seed, step);
         let mut acc = GradientsAccumulator::<exec::Nets<B>>::new();
-        let mut loss = 0.0;
-        let mut terms: Vec<(String, f64)> = Vec::new();
+        let mut names: Vec<String> = Vec::new();
+        // Every loss value of the step (each micro-batch's terms, then its total), read from
+        // the device at once after the last backward is queued: one wait per step, not one
+        // per value, and the device runs the forward while the host queues the backward.
+        let mut values: Vec<Tensor<B::InnerBackend, 1>> = Vec::new();
         let mut extra = Vec::new();
         for b in batches.micro {
             let t = Instant::now();
@@ -681,21 +686,12 @@ impl<B: AutodiffBackend> Trainer<B> {
             {
                 extra = collapse_indicators(z);
             }
-            for (i, (name, v)) in fwd.terms.iter().enumerate() {
-                let v = f64::from(v.clone().into_scalar().elem::<f32>());
-                if !v.is_finite() {
-                    return Err(TrainError::NonFinite {
-                        step,
-                        term: name.clone(),
-                        value: v,
-                    });
-                }
-                match terms.get_mut(i) {
-                    Some(t) => t.1 += v / self.accum as f64,
-                    None => terms.push((name.clone(), v / self.accum as f64)),
-                }
+            if names.is_empty() {
+                names = fwd.terms.iter().map(|(n, _)| n.clone()).collect();
             }
-            loss += f64::from(fwd.total.clone().into_scalar().elem::<f32>()) / self.accum as f64;
+            for v in fwd.terms.iter().map(|(_, v)| v).chain([&fwd.total]) {
+                values.push(v.clone().inner().cast(FloatDType::F32).reshape([1]));
+            }
             self.wait_for(device, step)?;
             ph.forward += t.elapsed().as_secs_f64();
             let t = Instant::now();
@@ -709,13 +705,11 @@ impl<B: AutodiffBackend> Trainer<B> {
             self.wait_for(device, step)?;
             ph.backward += t.elapsed().as_secs_f64();
         }
-        if !loss.is_finite() {
-            return Err(TrainError::NonFinite {
-                step,
-                term: "loss".into(),
-                value: loss,
-            });
-        }
+        // Reading waits for the backward: its time counts there.
+        let t = Instant::now();
+        let values = read_f32(values).map_err(|why| TrainError::Device { step, why })?;
+        ph.backward += t.elapsed().as_secs_f64();
+        let (loss, terms) = step_losses(&names, &values, self.accum, step)?;
         let t = Instant::now();
         let mut g_decay = acc.grads();
         if let Some(max) = self.clip {
@@ -755,6 +749,49 @@ impl<B: AutodiffBackend> Trainer<B> {
             why: e.to_string().replace("\n", " "),
         })
     }
+}
+
+/// The values of `scalars` (one element each), read from the device in one transfer.
+fn read_f32<B: Backend>(scalars: Vec<Tensor<B, 1>>) -> Result<Vec<f32>, String> {
+    if scalars.is_empty() {
+        return Ok(Vec::new());
+    }
+    Tensor::cat(scalars, 0)
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .map_err(|e| format!("cannot read the step's losses: {e:?}"))
+}
+
+/// The step's loss and terms, averaged over its micro-batches, from `values`: for each
+/// micro-batch its terms (named `names`) then its total. The first value that is not finite, in
+/// that order, stops the run before the optimizer touches the weights.
+fn step_losses(
+    names: &[String],
+    values: &[f32],
+    accum: usize,
+    step: u64,
+) -> Result<(f64, Vec<(String, f64)>), TrainError> {
+    let mut terms: Vec<(String, f64)> = names.iter().map(|n| (n.clone(), 0.0)).collect();
+    let mut loss = 0.0;
+    for micro in values.chunks(names.len() + 1) {
+        for (i, &v) in micro.iter().enumerate() {
+            let v = f64::from(v);
+            let name = names.get(i).map_or("loss", String::as_str);
+            if !v.is_finite() {
+                return Err(TrainError::NonFinite {
+                    step,
+                    term: name.to_string(),
+                    value: v,
+                });
+            }
+            match terms.get_mut(i) {
+                Some(t) => t.1 += v / accum as f64,
+                None => loss += v / accum as f64,
+            }
+        }
+    }
+    Ok((loss, terms))
 }
 
 /// `rankme` and `emb_std` of a batch of embeddings (`b × d`): the effective rank (at most
@@ -808,36 +845,47 @@ fn first_non_finite_param<B: AutodiffBackend>(program: &Program<B>) -> Option<St
     v.bad
 }
 
-/// Scales every gradient by `min(1, max / ‖g‖)`, `‖g‖` the global L2 norm over all parameters
-/// (PyTorch's `clip_grad_norm_`).
-fn clip_global_norm<B: AutodiffBackend>(
+/// Scales every gradient by `min(1, max / (‖g‖ + 1e-6))`, `‖g‖` the global L2 norm over all
+/// parameters (PyTorch's `clip_grad_norm_`). The norm and the factor stay on the device: no
+/// wait for the device, at the price of one multiply per gradient even when nothing is clipped.
+fn clip_global_norm<B: AutodiffBackend, M: Module<B>>(
     grads: &mut GradientsParams,
-    model: &exec::Nets<B>,
+    model: &M,
     max: f64,
 ) {
-    struct Norm<'a>(&'a GradientsParams, f64);
-    impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for Norm<'_> {
+    struct SumSq<'a, B: Backend>(&'a GradientsParams, Option<Tensor<B, 1>>);
+    impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for SumSq<'_, B::InnerBackend> {
         fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
             if let Some(g) = self.0.get::<B::InnerBackend, D>(param.id) {
-                self.1 += f64::from(g.powi_scalar(2).sum().into_scalar().elem::<f32>());
+                let s = g.square().sum();
+                self.1 = Some(match self.1.take() {
+                    Some(acc) => acc + s,
+                    None => s,
+                });
             }
         }
     }
-    struct Scale<'a>(&'a mut GradientsParams, f64);
-    impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for Scale<'_> {
+    struct Scale<'a, B: Backend>(&'a mut GradientsParams, Tensor<B, 1>);
+    impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for Scale<'_, B::InnerBackend> {
         fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
             if let Some(g) = self.0.remove::<B::InnerBackend, D>(param.id) {
-                self.0
-                    .register::<B::InnerBackend, D>(param.id, g.mul_scalar(self.1));
+                let factor = self.1.clone().unsqueeze::<D>();
+                self.0.register::<B::InnerBackend, D>(param.id, g * factor);
             }
         }
     }
-    let mut n = Norm(grads, 0.0);
-    model.visit(&mut n);
-    let norm = n.1.sqrt();
-    if norm > max {
-        model.visit(&mut Scale(grads, max / (norm + 1e-6)));
-    }
+    let mut sq = SumSq(grads, None);
+    model.visit(&mut sq);
+    let Some(sq) = sq.1 else {
+        return;
+    };
+    let factor = sq
+        .sqrt()
+        .add_scalar(1e-6)
+        .recip()
+        .mul_scalar(max)
+        .clamp_max(1.0);
+    model.visit(&mut Scale(grads, factor));
 }
 
 /// Moves the gradients of `ids` out of `grads` into a new set.
@@ -867,4 +915,83 @@ fn split<B: AutodiffBackend>(
     };
     model.visit(&mut m);
     m.to
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+    use burn::nn::{Linear, LinearConfig};
+
+    type AD = Autodiff<Flex>;
+
+    fn vals<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
+        t.into_data().to_vec::<f32>().unwrap()
+    }
+
+    #[test]
+    fn reads_every_scalar_in_order() {
+        let dev = Default::default();
+        let xs = [1.5f32, -2.0, 7.25]
+            .map(|v| Tensor::<Flex, 1>::from_data([v], &dev))
+            .to_vec();
+        assert_eq!(read_f32(xs).unwrap(), vec![1.5, -2.0, 7.25]);
+        assert!(read_f32::<Flex>(Vec::new()).unwrap().is_empty());
+    }
+
+    /// Two micro-batches of terms `a`, `b` and their totals: terms and loss are the means over
+    /// micro-batches.
+    #[test]
+    fn step_losses_average_micro_batches() {
+        let names = vec!["a".to_string(), "b".to_string()];
+        let values = [1.0, 2.0, 5.0, 3.0, 4.0, 11.0];
+        let (loss, terms) = step_losses(&names, &values, 2, 9).unwrap();
+        assert_eq!(loss, 8.0);
+        assert_eq!(terms, vec![("a".into(), 2.0), ("b".into(), 3.0)]);
+    }
+
+    /// The first value that is not finite names its term (or `loss` for a total).
+    #[test]
+    fn step_losses_name_the_first_non_finite_value() {
+        let names = vec!["a".to_string(), "b".to_string()];
+        let err = step_losses(&names, &[1.0, 2.0, 3.0, 1.0, f32::NAN, f32::INFINITY], 2, 4);
+        assert!(
+            matches!(err, Err(TrainError::NonFinite { step: 4, ref term, .. }) if term == "b"),
+            "{err:?}"
+        );
+        let err = step_losses(&names, &[1.0, 2.0, f32::INFINITY], 1, 5);
+        assert!(
+            matches!(err, Err(TrainError::NonFinite { step: 5, ref term, value }) if term == "loss" && value.is_infinite()),
+            "{err:?}"
+        );
+    }
+
+    /// A 2→1 Linear with gradients set by hand: weight (3, 4), bias (12): ‖g‖ = 13.
+    fn clipped(max: f64) -> (Vec<f32>, Vec<f32>) {
+        let dev = Default::default();
+        let lin: Linear<AD> = LinearConfig::new(2, 1).init(&dev);
+        let mut grads = GradientsParams::new();
+        let w = Tensor::<Flex, 2>::from_data([[3.0], [4.0]], &dev);
+        let b = Tensor::<Flex, 1>::from_data([12.0], &dev);
+        grads.register::<Flex, 2>(lin.weight.id, w);
+        let bias = lin.bias.as_ref().unwrap();
+        grads.register::<Flex, 1>(bias.id, b);
+        clip_global_norm(&mut grads, &lin, max);
+        (
+            vals(grads.get::<Flex, 2>(lin.weight.id).unwrap()),
+            vals(grads.get::<Flex, 1>(bias.id).unwrap()),
+        )
+    }
+
+    #[test]
+    fn clipping_scales_to_the_global_norm() {
+        // ‖g‖ = 13 > 6.5: every gradient scaled by 6.5 / (13 + 1e-6).
+        let (w, b) = clipped(6.5);
+        let f = 6.5 / (13.0 + 1e-6);
+        for (got, want) in w.iter().chain(&b).zip([3.0 * f, 4.0 * f, 12.0 * f]) {
+            assert!((f64::from(*got) - want).abs() < 1e-5, "{got} vs {want}");
+        }
+        // Within the bound: unchanged.
+        assert_eq!(clipped(100.0), (vec![3.0, 4.0], vec![12.0]));
+    }
 }
