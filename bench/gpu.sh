@@ -3,13 +3,15 @@
 # elsewhere by `cargo build --release --features cuda`. In priority order (a deadline skips
 # whatever is left, so the first items are the ones that always come back):
 #   1. `canc bench` of specs/can.canspec in f32 and bf16 and the PyTorch reference of the same
-#      model (eager f32, eager bf16 autocast);
+#      model (eager f32, eager bf16 autocast); the f32 bench again with a warm kernel cache, and
+#      once more under CubeCL's per-kernel profile (kernel launches and device time per step);
 #   2. the same for a ViT-S/4 at 32 px (bench/specs/vit_s4_32.canspec) and a ViT-B/16 at 224 px
 #      (bench/specs/vit_b16_224.canspec) in bf16, against PyTorch eager and torch.compile bf16;
 #   3. torch.compile bf16 of the CAN spec's model;
 #   4. every method spec in specs/ trains on CUDA (`canc run --smoke --device cuda`).
 # Output (few files, as the device tool returns at most 8): $OUT/results.jsonl (one JSON object
-# per run: name, rc, wall ms, the tool's own JSON), $OUT/log.txt, $OUT/machine.txt.
+# per run: name, rc, wall ms, the tool's own JSON), $OUT/log.txt, $OUT/machine.txt,
+# $OUT/kernels.txt.gz (the kernel profile's raw tables).
 # Environment:
 #   BIN       the canc binary (default target-cuda/release/canc)
 #   DATA      a folder with the Fashion-MNIST IDX .gz files (default: the spec's, the Debian path)
@@ -80,6 +82,13 @@ canc canc_can_bf16 120 specs/can.canspec "$B_CAN" --set train.precision=bf16 "${
 torch torch_can_eager_f32 45 can "$B_CAN" eager f32
 torch torch_can_eager_bf16 45 can "$B_CAN" eager bf16
 canc canc_can_f32_warm 120 specs/can.canspec "$B_CAN" "${SET[@]}"
+# Kernel launches per step and device time per kernel (CubeCL times each kernel, so this run's
+# step times are not throughput): its JSON's "kernels" field; the raw tables in kernels.txt.gz.
+if [ "$DEVICE" != cpu ]; then
+  rec canc_can_kernels 90 "$BIN" bench specs/can.canspec --device "$DEVICE" --batch "$B_CAN" \
+    --steps 2 --warmup 1 --json --kernel-profile /tmp/gpu_sh_kernels.txt "${SET[@]}"
+  [ -f /tmp/gpu_sh_kernels.txt ] && gzip -c /tmp/gpu_sh_kernels.txt > "$OUT/kernels.txt.gz"
+fi
 
 B_S=${B_S:-256}
 canc canc_vit_s4_32_bf16 120 bench/specs/vit_s4_32.canspec "$B_S" --set train.precision=bf16

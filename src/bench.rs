@@ -9,6 +9,7 @@ use canc_runtime::backend::{DeviceSpec, OnBackend, dispatch};
 use canc_runtime::data;
 use canc_runtime::exec::Program;
 use canc_runtime::train::{Phases, RunOptions, StepLog, TrainError, Trainer};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// What to measure.
@@ -25,6 +26,9 @@ pub struct BenchArgs {
     pub json: bool,
     /// The device's peak TFLOP/s for MFU, overriding the nominal figure.
     pub peak_tflops: Option<f64>,
+    /// Write CubeCL's per-kernel profile here (CUDA only; see
+    /// [`canc_runtime::cubecl_config`]).
+    pub kernel_profile: Option<PathBuf>,
 }
 
 /// Runs the benchmark; returns the exit code.
@@ -41,6 +45,30 @@ pub fn bench(args: BenchArgs) -> ExitCode {
 /// Whether each phase ends by waiting for the device ([`RunOptions::sync_phases`]): yes, so a
 /// phase's time is its own work, as the PyTorch reference measures it.
 const SYNC_PHASES: bool = true;
+
+/// Asks CubeCL for the per-kernel profile in `file`, or says why it cannot be had.
+fn kernel_profile(file: &std::path::Path, device: DeviceSpec) -> Result<(), String> {
+    if device == DeviceSpec::Cpu {
+        return Err("--kernel-profile profiles CUDA kernels: add --device cuda".into());
+    }
+    let cwd = std::env::current_dir().map_err(|e| format!("no working directory: {e}"))?;
+    if let Some(user) = canc_runtime::cubecl_config::user_config_file(&cwd) {
+        return Err(format!(
+            "--kernel-profile: `{}` configures CubeCL here, and canc leaves it alone; set its \
+             [profiling.logger] (level = \"basic\", file = ...) instead",
+            user.display()
+        ));
+    }
+    // Fail now, not after the run, if the file cannot be written.
+    std::fs::write(file, "").map_err(|e| format!("cannot write `{}`: {e}", file.display()))?;
+    canc_runtime::cubecl_config::profile_kernels_to(file.to_path_buf());
+    eprintln!(
+        "note: --kernel-profile: every kernel waits for the device, so these step times are \
+         not throughput; the profile is in `{}`",
+        file.display()
+    );
+    Ok(())
+}
 
 /// `total` training steps of `plan`, each measured, on the chosen backend.
 struct Measure<'a> {
@@ -92,6 +120,9 @@ fn bench_inner(args: BenchArgs) -> Result<(), String> {
     if let Some(w) = canc_runtime::backend::precision_warning(&plan, args.device) {
         eprintln!("warning: {w}");
     }
+    if let Some(file) = &args.kernel_profile {
+        kernel_profile(file, args.device)?;
+    }
     let batch = cost::plan_batch(&plan) as usize;
     let ds = data::load(&plan.data, None).map_err(|e| e.to_string())?;
     let total = args.warmup + args.steps;
@@ -139,6 +170,15 @@ fn bench_inner(args: BenchArgs) -> Result<(), String> {
     };
     let achieved = flops / mean;
     let mfu = peak.as_ref().map(|p| achieved / p.flops);
+    let kernels = match &args.kernel_profile {
+        Some(file) => {
+            let text = crate::kernel_profile::read_settled(file)
+                .map_err(|e| format!("cannot read the kernel profile `{}`: {e}", file.display()))?;
+            let tables = crate::kernel_profile::tables(&text);
+            Some(crate::kernel_profile::summarise(&tables, total, 15))
+        }
+        None => None,
+    };
     let host_mib = crate::peak::host_peak_mib();
     if args.json {
         let obj = serde_json::json!({
@@ -154,6 +194,7 @@ fn bench_inner(args: BenchArgs) -> Result<(), String> {
             "peak_tflops": peak.as_ref().map(|p| p.flops / 1e12),
             "peak_source": peak.as_ref().map(|p| p.source.clone()), "mfu": mfu,
             "host_peak_mib": host_mib, "gpu_memory_mib": gpu_mib,
+            "kernel_profile": args.kernel_profile, "kernels": kernels,
         });
         println!("{obj}");
         return Ok(());
@@ -196,6 +237,16 @@ fn bench_inner(args: BenchArgs) -> Result<(), String> {
     }
     if let Some(m) = gpu_mib {
         println!("  GPU memory held {m:.0} MiB (nvidia-smi, after the timed steps)");
+    }
+    if let Some(k) = &kernels {
+        println!(
+            "  kernels (CubeCL profile, all {} steps): {:.0} launches and {:.2} ms of device time \
+             per step, {} different kernels; most device time per step:",
+            k.steps, k.kernels_per_step, k.device_ms_per_step, k.distinct_kernels
+        );
+        for t in &k.top {
+            println!("    {:>9.3} ms {:>6}×  {}", t.device_ms, t.count, t.name);
+        }
     }
     Ok(())
 }

@@ -197,6 +197,12 @@ enum Command {
         /// or the GPU model's datasheet figure).
         #[arg(long, value_name = "TFLOPS")]
         peak_tflops: Option<f64>,
+        /// CUDA only: have CubeCL time every kernel on the device and write, at each wait for
+        /// the device (each phase's end), a table of the kernels run (name, device time,
+        /// count) to FILE. Each launch then waits for its kernel: that run's step times are
+        /// not throughput.
+        #[arg(long, value_name = "FILE")]
+        kernel_profile: Option<PathBuf>,
     },
     /// Draw the loss graph: stop-gradient edges dashed, EMA edges labelled, loss weights shown.
     Graph {
@@ -332,6 +338,7 @@ pub fn main() -> ExitCode {
             warmup,
             json,
             peak_tflops,
+            kernel_profile,
         } => {
             let device = match device_arg(&device) {
                 Ok(d) => d,
@@ -351,6 +358,7 @@ pub fn main() -> ExitCode {
                 warmup,
                 json,
                 peak_tflops,
+                kernel_profile,
             })
         }
         Command::Run {

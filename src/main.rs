@@ -5,6 +5,7 @@ mod bench;
 mod cli;
 mod eval;
 mod export;
+mod kernel_profile;
 mod monitor;
 mod peak;
 mod plot;

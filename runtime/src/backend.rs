@@ -38,7 +38,7 @@ fn cuda<W: OnBackend>(index: usize, work: W) -> Result<W::Output, DeviceError> {
         return Err(DeviceError::NoDriver);
     }
     // Before the first CUDA op: compiled kernels and autotune results persist between runs.
-    crate::kernel_cache::configure();
+    crate::cubecl_config::configure();
     Ok(work.run::<GpuTrain>(&burn::backend::cuda::CudaDevice::new(index)))
 }
 

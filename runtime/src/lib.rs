@@ -8,10 +8,10 @@
 
 pub mod backend;
 pub mod checkpoint;
+pub mod cubecl_config;
 pub mod data;
 pub mod eval;
 pub mod exec;
-pub mod kernel_cache;
 pub mod loss;
 pub mod nn;
 pub mod ops;

@@ -1,5 +1,5 @@
-//! Where CubeCL, the compiler behind Burn's CUDA backend, keeps compiled kernels and autotune
-//! results between runs.
+//! canc's settings for CubeCL, the compiler behind Burn's CUDA backend: where it keeps compiled
+//! kernels and autotune results between runs, and an optional per-kernel profile.
 //!
 //! CubeCL's defaults keep no compiled kernels at all (every process JIT-compiles every kernel
 //! again: minutes with `--features cuda-fusion`, BENCHMARKS.md) and put autotune results in the
@@ -9,6 +9,12 @@
 //! `[cubecl]` table in `burn.toml`, in the working directory or above) wins: canc then leaves
 //! CubeCL's configuration alone. CubeCL names each cached entry by a hash of the kernel and its
 //! own version, so a cache never hands a kernel to a build it was not compiled for.
+//!
+//! The kernel profile ([`profile_kernels_to`], `canc bench --kernel-profile FILE`) has CubeCL
+//! time every kernel on the device and write, at each wait for the device, a table of the
+//! kernels run since the last one (name, device time, count). Each launch then waits for its
+//! kernel, so the step's own times mean nothing in that run; the counts and device times are
+//! what it is for.
 
 use std::path::{Path, PathBuf};
 
@@ -49,13 +55,25 @@ pub fn user_config_file(dir: &Path) -> Option<PathBuf> {
     })
 }
 
-/// Points CubeCL's kernel and autotune caches at [`cache_dir`], unless the user has a CubeCL
-/// config file (then CubeCL reads it as usual) or no folder is known. Must run before the first
-/// CUDA operation of the process; later calls return the first call's answer. Returns the folder
-/// in use, if canc chose it.
+/// The file [`profile_kernels_to`] asked for.
+static PROFILE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Asks for the per-kernel profile (see the module docs) in `file`. Must be called before the
+/// first CUDA operation; false if a profile file was already chosen. Ignored, like the caches,
+/// when the user has a CubeCL config file.
+pub fn profile_kernels_to(file: PathBuf) -> bool {
+    PROFILE.set(file).is_ok()
+}
+
+/// Points CubeCL's kernel and autotune caches at [`cache_dir`] and turns on the kernel profile
+/// if one was asked for, unless the user has a CubeCL config file (then CubeCL reads it as
+/// usual). Must run before the first CUDA operation of the process; later calls return the first
+/// call's answer. Returns the cache folder in use, if canc chose it.
 #[cfg(feature = "cuda")]
 pub fn configure() -> Option<PathBuf> {
-    use burn::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig, cache::CacheConfig};
+    use burn::cubecl::config::{
+        CubeClRuntimeConfig, RuntimeConfig, cache::CacheConfig, profiling::ProfilingLogLevel,
+    };
     static CHOSEN: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
     CHOSEN
         .get_or_init(|| {
@@ -63,14 +81,21 @@ pub fn configure() -> Option<PathBuf> {
             if user_config_file(&cwd).is_some() {
                 return None;
             }
-            let dir = cache_dir()?;
             // CubeCL's own environment overrides (`CUBECL_DEBUG_LOG`, `CUBECL_AUTOTUNE_LEVEL`,
             // …) still apply.
             let mut config = CubeClRuntimeConfig::default().override_from_env();
-            config.compilation.cache = Some(CacheConfig::File(dir.clone()));
-            config.autotune.cache = CacheConfig::File(dir.clone());
+            if let Some(file) = PROFILE.get() {
+                config.profiling.logger.level = ProfilingLogLevel::Basic;
+                config.profiling.logger.file = Some(file.clone());
+                config.profiling.logger.append = false;
+            }
+            let dir = cache_dir();
+            if let Some(dir) = &dir {
+                config.compilation.cache = Some(CacheConfig::File(dir.clone()));
+                config.autotune.cache = CacheConfig::File(dir.clone());
+            }
             CubeClRuntimeConfig::set(config);
-            Some(dir)
+            dir
         })
         .clone()
 }
@@ -81,7 +106,7 @@ mod tests {
 
     #[test]
     fn a_cubecl_file_or_a_burn_file_with_a_cubecl_table_is_the_users_config() {
-        let root = std::env::temp_dir().join(format!("canc-kernel-cache-{}", std::process::id()));
+        let root = std::env::temp_dir().join(format!("canc-cubecl-config-{}", std::process::id()));
         let deep = root.join("a").join("b");
         std::fs::create_dir_all(&deep).unwrap();
         assert_eq!(user_config_file(&deep), None);
@@ -121,6 +146,8 @@ mod tests {
         let config = CubeClRuntimeConfig::get();
         assert!(matches!(&config.compilation.cache, Some(CacheConfig::File(d)) if *d == dir));
         assert!(matches!(&config.autotune.cache, CacheConfig::File(d) if *d == dir));
+        // No profile was asked for in this process.
+        assert!(config.profiling.logger.file.is_none());
         // A second call keeps the first answer (CubeCL's config can be set only once).
         assert_eq!(configure(), Some(dir));
     }

@@ -1,0 +1,27 @@
+//! The per-kernel profile reaches CubeCL's configuration (its own process: CubeCL's
+//! configuration can be set once). Needs the `cuda` feature, no GPU.
+#![cfg(feature = "cuda")]
+
+use burn::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig, profiling::ProfilingLogLevel};
+use canc_runtime::cubecl_config::{configure, profile_kernels_to, user_config_file};
+
+#[test]
+fn a_requested_profile_turns_on_cubecl_kernel_timing_into_the_file() {
+    let file = std::env::temp_dir().join(format!("canc-kernels-{}.txt", std::process::id()));
+    assert!(profile_kernels_to(file.clone()));
+    assert!(
+        !profile_kernels_to(file.clone()),
+        "a second file is refused"
+    );
+    configure();
+    if user_config_file(&std::env::current_dir().unwrap()).is_some() {
+        return; // the user's CubeCL file wins: nothing of canc's to check
+    }
+    let config = CubeClRuntimeConfig::get();
+    assert!(matches!(
+        config.profiling.logger.level,
+        ProfilingLogLevel::Basic
+    ));
+    assert_eq!(config.profiling.logger.file.as_ref(), Some(&file));
+    assert!(!config.profiling.logger.append);
+}
