@@ -60,7 +60,8 @@ pub fn linear<B: Backend>(
     burn::tensor::module::linear(x, w, b)
 }
 
-/// `x·Φ(x)` (exact GELU, as `burn::tensor::activation::gelu`).
+/// `x·Φ(x)` (exact GELU, as `burn::tensor::activation::gelu`, with the exact gradient on every
+/// backend).
 pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     if same::<B, CpuTrain>() {
         return back(ad::gelu(back::<_, Tensor<CpuTrain, D>>(x)));
@@ -77,7 +78,8 @@ pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
         };
         return back(y);
     }
-    burn::tensor::activation::gelu(x)
+    // Other backends (CUDA): the tensor-op form, whose gradient is exact (see there).
+    reference::gelu(x)
 }
 
 /// `ln` applied to the last dimension of `x` (as [`LayerNorm::forward`]); `eps` must be the
