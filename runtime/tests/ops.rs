@@ -74,6 +74,19 @@ fn check_fd(f: impl Fn(&[f32]) -> f32, x: &[f32], grad: &[f32], at: &[usize], wh
 // GELU
 // ---------------------------------------------------------------------------------------------
 
+/// `f(x)` under autodiff, and the gradient of `Σ f(x)·r` with respect to `x`.
+fn value_and_grad(
+    f: impl Fn(Tensor<AD, 1>) -> Tensor<AD, 1>,
+    x: &[f32],
+    r: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let n = x.len();
+    let t = tensor::<1, AD>(x, [n]).require_grad();
+    let y = f(t.clone());
+    let g = (y.clone() * tensor::<1, AD>(r, [n])).sum().backward();
+    (values(y), values(t.grad(&g).unwrap()))
+}
+
 #[test]
 fn gelu_matches_burn_forward_and_backward() {
     fused();
@@ -85,18 +98,8 @@ fn gelu_matches_burn_forward_and_backward() {
     close(&fused, &burn, 1e-6, "gelu forward (inference)");
 
     let r = fill(n, 2, 1.0);
-    let grad = |fused: bool| {
-        let t = tensor::<1, AD>(&x, [n]).require_grad();
-        let y = if fused {
-            ops::gelu(t.clone())
-        } else {
-            burn::tensor::activation::gelu(t.clone())
-        };
-        let g = (y.clone() * tensor::<1, AD>(&r, [n])).sum().backward();
-        (values(y), values(t.grad(&g).unwrap()))
-    };
-    let (y_f, g_f) = grad(true);
-    let (y_b, g_b) = grad(false);
+    let (y_f, g_f) = value_and_grad(ops::gelu, &x, &r);
+    let (y_b, g_b) = value_and_grad(burn::tensor::activation::gelu, &x, &r);
     close(&y_f, &y_b, 1e-6, "gelu forward (autodiff)");
     close(&g_f, &g_b, 2e-6, "gelu backward");
 }
@@ -148,18 +151,8 @@ fn reference_gelu_has_the_exact_gradient() {
     let n = 4_000;
     let x = fill(n, 5, 6.0);
     let r = fill(n, 6, 1.0);
-    let grad = |ours: bool| {
-        let t = tensor::<1, AD>(&x, [n]).require_grad();
-        let y = if ours {
-            reference::gelu(t.clone())
-        } else {
-            burn::tensor::activation::gelu(t.clone())
-        };
-        let g = (y.clone() * tensor::<1, AD>(&r, [n])).sum().backward();
-        (values(y), values(t.grad(&g).unwrap()))
-    };
-    let (y_r, g_r) = grad(true);
-    let (y_b, g_b) = grad(false);
+    let (y_r, g_r) = value_and_grad(reference::gelu, &x, &r);
+    let (y_b, g_b) = value_and_grad(burn::tensor::activation::gelu, &x, &r);
     close(&y_r, &y_b, 2e-6, "reference gelu forward vs Burn");
     close(&g_r, &g_b, 4e-6, "reference gelu backward vs Burn");
 }
