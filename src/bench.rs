@@ -51,17 +51,10 @@ fn kernel_profile(file: &std::path::Path, device: DeviceSpec) -> Result<(), Stri
     if device == DeviceSpec::Cpu {
         return Err("--kernel-profile profiles CUDA kernels: add --device cuda".into());
     }
-    let cwd = std::env::current_dir().map_err(|e| format!("no working directory: {e}"))?;
-    if let Some(user) = canc_runtime::cubecl_config::user_config_file(&cwd) {
-        return Err(format!(
-            "--kernel-profile: `{}` configures CubeCL here, and canc leaves it alone; set its \
-             [profiling.logger] (level = \"basic\", file = ...) instead",
-            user.display()
-        ));
-    }
+    canc_runtime::cubecl_config::profile_kernels_to(file.to_path_buf())
+        .map_err(|e| format!("--kernel-profile: {e}"))?;
     // Fail now, not after the run, if the file cannot be written.
     std::fs::write(file, "").map_err(|e| format!("cannot write `{}`: {e}", file.display()))?;
-    canc_runtime::cubecl_config::profile_kernels_to(file.to_path_buf());
     eprintln!(
         "note: --kernel-profile: every kernel waits for the device, so these step times are \
          not throughput; the profile is in `{}`",

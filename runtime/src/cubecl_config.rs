@@ -59,10 +59,21 @@ pub fn user_config_file(dir: &Path) -> Option<PathBuf> {
 static PROFILE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
 /// Asks for the per-kernel profile (see the module docs) in `file`. Must be called before the
-/// first CUDA operation; false if a profile file was already chosen. Ignored, like the caches,
-/// when the user has a CubeCL config file.
-pub fn profile_kernels_to(file: PathBuf) -> bool {
-    PROFILE.set(file).is_ok()
+/// first CUDA operation. Refused, with the reason, when the user has a CubeCL config file in the
+/// working directory or above ([`configure`] then leaves CubeCL alone) or a profile file was
+/// already chosen.
+pub fn profile_kernels_to(file: PathBuf) -> Result<(), String> {
+    let cwd = std::env::current_dir().map_err(|e| format!("no working directory: {e}"))?;
+    if let Some(user) = user_config_file(&cwd) {
+        return Err(format!(
+            "`{}` configures CubeCL here, and canc leaves it alone; set its [profiling.logger] \
+             (level = \"basic\", file = ...) instead",
+            user.display()
+        ));
+    }
+    PROFILE
+        .set(file)
+        .map_err(|_| "a kernel profile file was already chosen".to_string())
 }
 
 /// Points CubeCL's kernel and autotune caches at [`cache_dir`] and turns on the kernel profile

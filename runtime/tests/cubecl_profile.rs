@@ -8,15 +8,21 @@ use canc_runtime::cubecl_config::{configure, profile_kernels_to, user_config_fil
 #[test]
 fn a_requested_profile_turns_on_cubecl_kernel_timing_into_the_file() {
     let file = std::env::temp_dir().join(format!("canc-kernels-{}.txt", std::process::id()));
-    assert!(profile_kernels_to(file.clone()));
+    if user_config_file(&std::env::current_dir().unwrap()).is_some() {
+        // The user's CubeCL file wins: the request is refused, naming it.
+        assert!(
+            profile_kernels_to(file)
+                .unwrap_err()
+                .contains("configures CubeCL")
+        );
+        return;
+    }
+    assert!(profile_kernels_to(file.clone()).is_ok());
     assert!(
-        !profile_kernels_to(file.clone()),
+        profile_kernels_to(file.clone()).is_err(),
         "a second file is refused"
     );
     configure();
-    if user_config_file(&std::env::current_dir().unwrap()).is_some() {
-        return; // the user's CubeCL file wins: nothing of canc's to check
-    }
     let config = CubeClRuntimeConfig::get();
     assert!(matches!(
         config.profiling.logger.level,
