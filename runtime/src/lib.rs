@@ -15,6 +15,7 @@ pub mod exec;
 pub mod loss;
 pub mod nn;
 pub mod ops;
+pub mod optim;
 pub mod pool;
 pub mod profile;
 pub mod schedule;

@@ -9,9 +9,7 @@ use burn::module::Module;
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{
-    AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer, Sgd, SgdConfig,
-};
+use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer, Sgd, SgdConfig};
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{FloatDType, Int, Tensor, TensorData};
@@ -184,7 +182,7 @@ pub struct StepLog {
     pub extra: Vec<(String, f64)>,
 }
 
-type Adam<B> = OptimizerAdaptor<AdamW, exec::Nets<B>, B>;
+type Adam<B> = crate::optim::FlatAdamW<exec::Nets<B>, B>;
 type Sgd_<B> = OptimizerAdaptor<Sgd<<B as AutodiffBackend>::InnerBackend>, exec::Nets<B>, B>;
 
 /// The optimizer a plan's settings describe, as two parameter groups: with weight decay, and
@@ -239,10 +237,14 @@ impl<B: AutodiffBackend> Opt<B> {
         }
     }
 
-    fn load(self, r: OptRecord<B>) -> Result<Self, String> {
+    /// Loads `r` for the networks `model`: AdamW state must match their parameters.
+    fn load(self, r: OptRecord<B>, model: &exec::Nets<B>) -> Result<Self, String> {
         match (self, r) {
             (Opt::AdamW(a, b), (Some(ra), Some(rb), None, None)) => {
-                Ok(Opt::AdamW(a.load_record(ra), b.load_record(rb)))
+                let (a, b) = (a.load_record(ra), b.load_record(rb));
+                a.check(model)?;
+                b.check(model)?;
+                Ok(Opt::AdamW(a, b))
             }
             (Opt::Sgd(a, b), (None, None, Some(ra), Some(rb))) => {
                 Ok(Opt::Sgd(a.load_record(ra), b.load_record(rb)))
@@ -282,12 +284,12 @@ fn optimizers<B: AutodiffBackend>(plan: &Plan) -> Opt<B> {
         _ => vec![0.9, 0.999],
     };
     let mk = |wd: f64| {
-        AdamWConfig::new()
-            .with_beta_1(betas.first().copied().unwrap_or(0.9) as f32)
-            .with_beta_2(betas.get(1).copied().unwrap_or(0.999) as f32)
-            .with_epsilon(f(plan, "eps", 1e-8) as f32)
-            .with_weight_decay(wd as f32)
-            .init::<B, exec::Nets<B>>()
+        Adam::<B>::new(
+            betas.first().copied().unwrap_or(0.9) as f32,
+            betas.get(1).copied().unwrap_or(0.999) as f32,
+            f(plan, "eps", 1e-8) as f32,
+            wd as f32,
+        )
     };
     Opt::AdamW(mk(wd), mk(0.0))
 }
@@ -602,12 +604,12 @@ impl<B: AutodiffBackend> Trainer<B> {
     ) -> Result<u64, crate::checkpoint::CheckpointError> {
         let rec = ck.restore::<B, OptRecord<B>>(program)?;
         let opt = std::mem::replace(&mut self.opt, Opt::placeholder());
-        self.opt = opt
-            .load(rec)
-            .map_err(|why| crate::checkpoint::CheckpointError::Corrupt {
+        self.opt = opt.load(rec, &program.model).map_err(|why| {
+            crate::checkpoint::CheckpointError::Corrupt {
                 dir: ck.dir.clone(),
                 why,
-            })?;
+            }
+        })?;
         self.no_decay = exec::no_decay_ids::<B, _>(&program.model);
         Ok(ck.state.step)
     }
