@@ -76,8 +76,8 @@ struct Measure<'a> {
 }
 
 impl OnBackend for Measure<'_> {
-    /// The step logs, and the GPU memory held after them (MiB).
-    type Output = Result<(Vec<StepLog>, Option<f64>), TrainError>;
+    /// The step logs, the GPU memory held after them (MiB), and the optimizer that ran.
+    type Output = Result<(Vec<StepLog>, Option<f64>, &'static str), TrainError>;
 
     fn run<B: AutodiffBackend>(self, device: &B::Device) -> Self::Output {
         let mut program = Program::<B>::new(self.plan, device)?;
@@ -104,7 +104,7 @@ impl OnBackend for Measure<'_> {
         } else {
             None
         };
-        Ok((logs, gpu_mib))
+        Ok((logs, gpu_mib, trainer.optimizer()))
     }
 }
 
@@ -127,7 +127,7 @@ fn bench_inner(args: BenchArgs) -> Result<(), String> {
         warmup: args.warmup,
         gpu: args.device != DeviceSpec::Cpu,
     };
-    let (logs, gpu_mib) = dispatch(args.device, work)
+    let (logs, gpu_mib, optimizer) = dispatch(args.device, work)
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     let timed = &logs[args.warmup as usize..];
@@ -178,7 +178,7 @@ fn bench_inner(args: BenchArgs) -> Result<(), String> {
             "spec": plan.spec, "device": args.device.to_string(), "batch": batch,
             "precision": precision,
             "steps": args.steps, "warmup": args.warmup, "threads": threads,
-            "sync_phases": SYNC_PHASES,
+            "sync_phases": SYNC_PHASES, "optimizer": optimizer,
             "ms_per_step_mean": mean * 1e3, "ms_per_step_median": median * 1e3,
             "images_per_s": batch as f64 / mean,
             "data_ms": ph.data * 1e3, "forward_ms": ph.forward * 1e3,
@@ -196,6 +196,7 @@ fn bench_inner(args: BenchArgs) -> Result<(), String> {
         "bench `{}` on {} ({} threads): batch {batch}, {} timed steps after {} warm-up",
         plan.spec, args.device, threads, args.steps, args.warmup
     );
+    println!("  optimizer {optimizer}");
     println!(
         "  {:.1} images/s   {:.1} ms/step mean, {:.1} median",
         batch as f64 / mean,
@@ -238,7 +239,10 @@ fn bench_inner(args: BenchArgs) -> Result<(), String> {
             k.steps, k.kernels_per_step, k.device_ms_per_step, k.distinct_kernels
         );
         for t in &k.top {
-            println!("    {:>9.3} ms {:>6}×  {}", t.device_ms, t.count, t.name);
+            println!(
+                "    {:>9.3} ms {:>8.1}×  {}",
+                t.device_ms, t.launches, t.name
+            );
         }
     }
     Ok(())

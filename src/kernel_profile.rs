@@ -86,7 +86,19 @@ pub struct Summary {
     /// Different kernels seen.
     pub distinct_kernels: usize,
     /// The kernels with the most device time, per step (time and launches divided by `steps`).
-    pub top: Vec<KernelTime>,
+    pub top: Vec<KernelPerStep>,
+}
+
+/// One kernel's device time and launches per step (averages: a kernel launched only in some
+/// steps has a fraction of a launch).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KernelPerStep {
+    /// The kernel's name as CubeCL prints it.
+    pub name: String,
+    /// Device milliseconds per step.
+    pub device_ms: f64,
+    /// Launches per step.
+    pub launches: f64,
 }
 
 /// Sums `tables` over `steps` steps, keeping the `top` kernels by device time.
@@ -123,9 +135,9 @@ pub fn summarise(tables: &[Vec<KernelTime>], steps: u64, top: usize) -> Summary 
         distinct_kernels: distinct,
         top: by_name
             .into_iter()
-            .map(|k| KernelTime {
+            .map(|k| KernelPerStep {
                 device_ms: k.device_ms / steps as f64,
-                count: k.count / steps,
+                launches: k.count as f64 / steps as f64,
                 name: k.name,
             })
             .collect(),
@@ -198,7 +210,7 @@ mod tests {
 
     #[test]
     fn sums_per_step_and_ranks_by_device_time() {
-        let s = summarise(&tables(PROFILE), 2, 2);
+        let s = summarise(&tables(PROFILE), 2, 3);
         assert_eq!(s.tables.len(), 2);
         assert_eq!(s.tables[0].0, 6);
         assert_eq!(s.tables[1].0, 5);
@@ -206,11 +218,14 @@ mod tests {
         let device = 1.5 + 0.5 + 0.0205 + 1100.0 + 0.0008;
         assert!((s.device_ms_per_step - device / 2.0).abs() < 1e-9);
         assert_eq!(s.distinct_kernels, 3);
-        assert_eq!(s.top.len(), 2);
+        assert_eq!(s.top.len(), 3);
         assert_eq!(s.top[0].name, "matmul<f32>");
         assert!((s.top[0].device_ms - 1101.5 / 2.0).abs() < 1e-9);
-        assert_eq!(s.top[0].count, 2);
+        assert_eq!(s.top[0].launches, 2.0);
         assert_eq!(s.top[1].name, "gelu | erf");
+        // `fill` ran 5 times in 2 steps: 2.5 per step, not 2.
+        assert_eq!(s.top[2].name, "fill");
+        assert_eq!(s.top[2].launches, 2.5);
     }
 
     #[test]

@@ -174,20 +174,26 @@ fn unknown_device_is_a_usage_error() {
 /// stderr, and the precision the spec trains in (MFU is taken against that precision's peak).
 #[test]
 fn bench_json_reports_the_step_and_the_precision() {
-    let run = |spec: &str, extra: &[&str]| {
+    let run = |spec: &str, extra: &[&str], flat_adamw: Option<&str>| {
         let mut args = vec![
             "bench", spec, "--batch", "2", "--steps", "2", "--warmup", "1", "--json",
         ];
         args.extend_from_slice(extra);
-        let out = canc().args(&args).assert().success();
+        let mut cmd = canc();
+        if let Some(v) = flat_adamw {
+            cmd.env("CANC_FLAT_ADAMW", v);
+        }
+        let out = cmd.args(&args).assert().success();
         let o = out.get_output();
         let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
         let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
         (v, stderr)
     };
-    let (v, stderr) = run("specs/results/can.canspec", &[]);
+    let (v, stderr) = run("specs/results/can.canspec", &[], None);
     assert_eq!(v["precision"], "f32");
+    // The CPU's default AdamW is Burn's, a tensor at a time.
+    assert_eq!(v["optimizer"], "adamw (per tensor)");
     assert_eq!(v["batch"], 2);
     assert!(v["images_per_s"].as_f64().is_some_and(|x| x > 0.0), "{v}");
     assert!(
@@ -196,7 +202,8 @@ fn bench_json_reports_the_step_and_the_precision() {
     );
     assert!(stderr.contains("step 1/3 (warm-up)"), "{stderr}");
     assert!(stderr.contains("step 3/3 (timed)"), "{stderr}");
-    // A throughput model on synthetic RGB data, in bf16 (shrunk to two blocks for the test).
+    // A throughput model on synthetic RGB data, in bf16 (shrunk to two blocks for the test),
+    // with the flat AdamW that GPUs default to.
     let (v, _) = run(
         "bench/specs/vit_s4_32.canspec",
         &[
@@ -205,7 +212,9 @@ fn bench_json_reports_the_step_and_the_precision() {
             "--set",
             "network.encoder.depth=2",
         ],
+        Some("1"),
     );
     assert_eq!(v["precision"], "bf16");
+    assert_eq!(v["optimizer"], "adamw (flat)");
     assert_eq!(v["spec"], "vit_s4_32");
 }

@@ -9,7 +9,9 @@ use burn::module::Module;
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer, Sgd, SgdConfig};
+use burn::optim::{
+    AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer, Sgd, SgdConfig,
+};
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{FloatDType, Int, Tensor, TensorData};
@@ -92,6 +94,10 @@ pub struct RunOptions {
     /// is when its work was queued, and the wait lands in whichever phase next reads a value).
     /// What `canc bench` does, as the PyTorch reference does; a no-op on the CPU.
     pub sync_phases: bool,
+    /// AdamW on each parameter group as one flat tensor ([`crate::optim::FlatAdamW`]) or a
+    /// tensor at a time (Burn's); `None`: `CANC_FLAT_ADAMW`, else flat on GPUs only. Both give
+    /// the same weights and checkpoints.
+    pub flat_adamw: Option<bool>,
 }
 
 impl RunOptions {
@@ -108,6 +114,7 @@ impl RunOptions {
             time_limit: None,
             prefetch: 2,
             sync_phases: false,
+            flat_adamw: None,
         }
     }
 }
@@ -182,13 +189,17 @@ pub struct StepLog {
     pub extra: Vec<(String, f64)>,
 }
 
-type Adam<B> = crate::optim::FlatAdamW<exec::Nets<B>, B>;
+type Adam<B> = OptimizerAdaptor<AdamW, exec::Nets<B>, B>;
+type FlatAdam<B> = crate::optim::FlatAdamW<exec::Nets<B>, B>;
 type Sgd_<B> = OptimizerAdaptor<Sgd<<B as AutodiffBackend>::InnerBackend>, exec::Nets<B>, B>;
 
 /// The optimizer a plan's settings describe, as two parameter groups: with weight decay, and
 /// without (biases, norms, position/CLS/mask tokens).
 enum Opt<B: AutodiffBackend> {
+    /// Burn's AdamW, a parameter tensor at a time (the CPU's default: see [`flat_adamw`]).
     AdamW(Adam<B>, Adam<B>),
+    /// The same AdamW on each group as one flat tensor (GPUs' default).
+    FlatAdamW(FlatAdam<B>, FlatAdam<B>),
     Sgd(Sgd_<B>, Sgd_<B>),
 }
 
@@ -202,6 +213,10 @@ impl<B: AutodiffBackend> Opt<B> {
     ) -> exec::Nets<B> {
         match self {
             Opt::AdamW(a, b) => {
+                let m = a.step(lr, model, decay);
+                b.step(lr, m, plain)
+            }
+            Opt::FlatAdamW(a, b) => {
                 let m = a.step(lr, model, decay);
                 b.step(lr, m, plain)
             }
@@ -233,6 +248,7 @@ impl<B: AutodiffBackend> Opt<B> {
     fn record(&self) -> OptRecord<B> {
         match self {
             Opt::AdamW(a, b) => (Some(a.to_record()), Some(b.to_record()), None, None),
+            Opt::FlatAdamW(a, b) => (Some(a.to_record()), Some(b.to_record()), None, None),
             Opt::Sgd(a, b) => (None, None, Some(a.to_record()), Some(b.to_record())),
         }
     }
@@ -241,10 +257,14 @@ impl<B: AutodiffBackend> Opt<B> {
     fn load(self, r: OptRecord<B>, model: &exec::Nets<B>) -> Result<Self, String> {
         match (self, r) {
             (Opt::AdamW(a, b), (Some(ra), Some(rb), None, None)) => {
-                let (a, b) = (a.load_record(ra), b.load_record(rb));
-                a.check(model)?;
-                b.check(model)?;
-                Ok(Opt::AdamW(a, b))
+                crate::optim::check_record(&ra, model)?;
+                crate::optim::check_record(&rb, model)?;
+                Ok(Opt::AdamW(a.load_record(ra), b.load_record(rb)))
+            }
+            (Opt::FlatAdamW(a, b), (Some(ra), Some(rb), None, None)) => {
+                crate::optim::check_record(&ra, model)?;
+                crate::optim::check_record(&rb, model)?;
+                Ok(Opt::FlatAdamW(a.load_record(ra), b.load_record(rb)))
             }
             (Opt::Sgd(a, b), (None, None, Some(ra), Some(rb))) => {
                 Ok(Opt::Sgd(a.load_record(ra), b.load_record(rb)))
@@ -262,7 +282,7 @@ fn f(plan: &Plan, k: &str, d: f64) -> f64 {
         .unwrap_or(d)
 }
 
-fn optimizers<B: AutodiffBackend>(plan: &Plan) -> Opt<B> {
+fn optimizers<B: AutodiffBackend>(plan: &Plan, flat: Option<bool>) -> Opt<B> {
     let wd = f(plan, "weight_decay", 0.0);
     if plan.optim.optimizer == "sgd" {
         let m = f(plan, "momentum", 0.9);
@@ -283,15 +303,37 @@ fn optimizers<B: AutodiffBackend>(plan: &Plan) -> Opt<B> {
         Some(RValue::List(xs)) => xs.iter().filter_map(RValue::as_f64).collect(),
         _ => vec![0.9, 0.999],
     };
+    let (b1, b2) = (
+        betas.first().copied().unwrap_or(0.9) as f32,
+        betas.get(1).copied().unwrap_or(0.999) as f32,
+    );
+    let eps = f(plan, "eps", 1e-8) as f32;
+    if flat.unwrap_or_else(flat_adamw::<B>) {
+        let mk = |wd: f64| FlatAdam::<B>::new(b1, b2, eps, wd as f32);
+        return Opt::FlatAdamW(mk(wd), mk(0.0));
+    }
     let mk = |wd: f64| {
-        Adam::<B>::new(
-            betas.first().copied().unwrap_or(0.9) as f32,
-            betas.get(1).copied().unwrap_or(0.999) as f32,
-            f(plan, "eps", 1e-8) as f32,
-            wd as f32,
-        )
+        AdamWConfig::new()
+            .with_beta_1(b1)
+            .with_beta_2(b2)
+            .with_epsilon(eps)
+            .with_weight_decay(wd as f32)
+            .init::<B, exec::Nets<B>>()
     };
     Opt::AdamW(mk(wd), mk(0.0))
+}
+
+/// Whether AdamW steps each parameter group as one flat tensor ([`crate::optim::FlatAdamW`])
+/// when [`RunOptions::flat_adamw`] does not say: `CANC_FLAT_ADAMW=1` / `=0` in the environment decides; without it, on GPUs (15 kernel
+/// launches per parameter tensor become about 2) and not on the CPU, where the flat buffers'
+/// extra passes over memory measured slower (optimizer phase 39–44 ms vs 16–17 ms per CAN
+/// step, batch 64). Both give bitwise-identical weights and the same checkpoint record.
+fn flat_adamw<B: AutodiffBackend>() -> bool {
+    match std::env::var("CANC_FLAT_ADAMW").as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => std::any::TypeId::of::<B>() != std::any::TypeId::of::<crate::backend::CpuTrain>(),
+    }
 }
 
 /// Converts a data batch to tensors on `device`.
@@ -566,7 +608,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         };
         let per_epoch = (ds.n / opts.batch) as u64;
         Ok(Trainer {
-            opt: optimizers::<B>(plan),
+            opt: optimizers::<B>(plan, opts.flat_adamw),
             no_decay: exec::no_decay_ids::<B, _>(&program.model),
             sched: LrSchedule::from_plan(&plan.optim, opts.steps),
             batches: BatchPlan::from_plan(plan, opts.batch, accum, per_epoch),
@@ -587,6 +629,15 @@ impl<B: AutodiffBackend> Trainer<B> {
             },
             sync_phases: opts.sync_phases,
         })
+    }
+
+    /// Which optimizer steps the weights: `adamw (flat)`, `adamw (per tensor)` or `sgd`.
+    pub fn optimizer(&self) -> &'static str {
+        match self.opt {
+            Opt::AdamW(..) => "adamw (per tensor)",
+            Opt::FlatAdamW(..) => "adamw (flat)",
+            Opt::Sgd(..) => "sgd",
+        }
     }
 
     /// The optimizer state of both parameter groups, for a checkpoint.

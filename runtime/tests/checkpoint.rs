@@ -87,6 +87,12 @@ fn metrics(dir: &Path) -> Vec<serde_json::Value> {
 /// checkpoint in a fresh program and trainer: every later loss, the final weights, the EMA
 /// teachers and the metrics file must be identical.
 fn resume_is_exact(spec: &str) {
+    resume_is_exact_with(spec, [None; 3]);
+}
+
+/// [`resume_is_exact`], with `adamw[i]` as [`RunOptions::flat_adamw`] of the uninterrupted run,
+/// the stopped run and the resumed run.
+fn resume_is_exact_with(spec: &str, adamw: [Option<bool>; 3]) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (full_dir, cut_dir) = (tmp.path().join("full"), tmp.path().join("cut"));
     let plan = small(spec);
@@ -94,7 +100,8 @@ fn resume_is_exact(spec: &str) {
     let device = Default::default();
 
     let mut p = Program::<CpuTrain>::new(plan.clone(), &device).expect("builds");
-    let o = opts(&full_dir, 6, 100, 3);
+    let mut o = opts(&full_dir, 6, 100, 3);
+    o.flat_adamw = adamw[0];
     let mut t = Trainer::new(&p, &ds, &o).expect("trainer");
     let full = train::run(&mut t, &mut p, &ds, &o, &device, &mut train::Quiet).expect("runs");
     assert_eq!(full.outcome, Outcome::Finished);
@@ -105,6 +112,7 @@ fn resume_is_exact(spec: &str) {
     let mut p = Program::<CpuTrain>::new(plan.clone(), &device).expect("builds");
     let mut o = opts(&cut_dir, 6, 100, 3);
     o.stop = Some(stop.clone());
+    o.flat_adamw = adamw[1];
     let mut t = Trainer::new(&p, &ds, &o).expect("trainer");
     let first = train::run(&mut t, &mut p, &ds, &o, &device, &mut StopAt(2, stop)).expect("runs");
     assert_eq!(first.outcome, Outcome::Interrupted);
@@ -123,6 +131,7 @@ fn resume_is_exact(spec: &str) {
     ck.check_key("test-key").expect("same run");
     let mut o = opts(&cut_dir, 6, 100, 3);
     o.start = ck.state.step;
+    o.flat_adamw = adamw[2];
     let mut t = Trainer::new(&p, &ds, &o).expect("trainer");
     assert_eq!(t.restore(&mut p, &ck).expect("restores"), 3);
     let rest = train::run(&mut t, &mut p, &ds, &o, &device, &mut train::Quiet).expect("resumes");
@@ -144,6 +153,15 @@ fn resume_is_exact(spec: &str) {
 #[test]
 fn stop_and_resume_equals_the_uninterrupted_run_adamw() {
     resume_is_exact("can");
+}
+
+#[test]
+fn flat_adamw_trains_and_resumes_as_burns_adamw() {
+    // Burn's AdamW uninterrupted; the flat AdamW (the GPUs' default) for the first 3 steps,
+    // resumed by Burn's from its checkpoint: the same losses and weights, bit for bit.
+    resume_is_exact_with("can", [Some(false), Some(true), Some(false)]);
+    // And Burn's checkpoint resumed by the flat one.
+    resume_is_exact_with("can", [Some(false), Some(false), Some(true)]);
 }
 
 #[test]
