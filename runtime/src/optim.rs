@@ -1,12 +1,13 @@
 //! AdamW over all of a parameter group at once ("multi-tensor", as PyTorch's `foreach` AdamW).
 //!
 //! Burn's `OptimizerAdaptor<AdamW>` updates one parameter tensor at a time: 15 element-wise ops
-//! per tensor, so on a GPU about 15 kernel launches per parameter tensor (a CAN step has about
-//! 150 tensors). [`FlatAdamW`] lays the group's gradients and weights end to end in one flat
-//! buffer (one copy per tensor), runs the same 15 ops once on it, and hands each network its
+//! per tensor (14 without weight decay), on a GPU as many kernel launches (CAN: 116 tensors,
+//! 1,663 ops per step). [`FlatAdamW`] lays the group's gradients and weights end to end in one
+//! flat buffer (one copy per tensor), runs the same ops once on it, and hands each network its
 //! updated weights as views of the result (segments are padded to 128 elements, 512 bytes, so
-//! CubeCL's slices are views, not copies). That is about `2·n + 17` ops per step instead of
-//! `15·n`.
+//! CubeCL's slices are views, not copies): `2·n + 17` ops per group and step (CAN: 265). On
+//! the CPU it measured slower than Burn's (BENCHMARKS.md), which the CPU keeps by default
+//! ([`crate::train::RunOptions::flat_adamw`]).
 //!
 //! The arithmetic is Burn's AdamW op for op (same order, same f32 scalars), so the weights are
 //! bitwise equal to what Burn's optimizer gives; its state is stored as Burn's per-parameter
@@ -58,6 +59,12 @@ impl Seg {
     }
 }
 
+/// `n` elements rounded up to whole [`PAD`]s.
+fn padded(n: usize) -> usize {
+    n.div_ceil(PAD) * PAD
+}
+
+/// The group's moments, flat, and where each parameter lies in them.
 #[derive(Clone)]
 struct Flat<B: Backend> {
     segs: Vec<Seg>,
@@ -234,11 +241,12 @@ fn end_to_end<B: Backend>(
     }
 }
 
+/// [`end_to_end`] by one `cat`, padding pieces included.
 fn by_cat<B: Backend>(pieces: Vec<Tensor<B, 1>>, segs: &[Seg], device: &B::Device) -> Tensor<B, 1> {
     let mut parts = Vec::with_capacity(2 * pieces.len());
     for (s, t) in segs.iter().zip(pieces) {
         parts.push(t);
-        let pad = s.len().div_ceil(PAD) * PAD - s.len();
+        let pad = padded(s.len()) - s.len();
         if pad > 0 {
             parts.push(Tensor::zeros([pad], device));
         }
@@ -246,6 +254,7 @@ fn by_cat<B: Backend>(pieces: Vec<Tensor<B, 1>>, segs: &[Seg], device: &B::Devic
     Tensor::cat(parts, 0)
 }
 
+/// [`end_to_end`] by writing each piece into a zero-filled buffer.
 fn in_place<B: Backend>(
     pieces: Vec<Tensor<B, 1>>,
     segs: &[Seg],
@@ -283,7 +292,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_, B> {
             offset: self.total,
             time: 0,
         });
-        self.total += n.div_ceil(PAD) * PAD;
+        self.total += padded(n);
     }
 }
 
@@ -620,7 +629,7 @@ mod tests {
                 offset: total,
                 time: 0,
             });
-            total += shape.iter().product::<usize>().div_ceil(PAD) * PAD;
+            total += padded(shape.iter().product());
         }
         assert_eq!(total, 128 + 256 + 128 + 128);
         let pieces: Vec<Tensor<Flex, 1>> = segs

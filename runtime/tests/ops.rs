@@ -240,6 +240,61 @@ fn layer_norm_gradients_match_burn_and_finite_differences() {
     check_fd(f, &x, &dx, &[0, 7, 17, 40, 63, 79], "layer norm dx");
 }
 
+/// The GPU path's LayerNorm (`ops::tensor_ad`: tensor ops with a closed-form backward step), run
+/// here over `Autodiff<Flex>`: the values, and the gradients of x, gamma and beta, against
+/// Burn's autodiff of Burn's own LayerNorm, with finite differences for `dx`; and untracked
+/// inputs give the same values.
+#[test]
+fn tensor_op_layer_norm_has_burns_values_and_gradients() {
+    let (rows, d, eps) = (6, 16, 1e-5);
+    let x = fill(2 * rows * d, 10, 2.0);
+    let r = fill(2 * rows * d, 11, 1.0);
+    let ln = layer_norm_module::<AD>(d, eps);
+    let shape = [2, rows, d];
+    let run = |own: bool| {
+        let t = tensor::<3, AD>(&x, shape).require_grad();
+        let y = if own {
+            let beta = ln.beta.as_ref().map(|b| b.val());
+            ops::tensor_ad::layer_norm(t.clone(), ln.gamma.val(), beta, eps)
+        } else {
+            ln.forward(t.clone())
+        };
+        let out = values(y.clone());
+        let g = (y * tensor(&r, shape)).sum().backward();
+        (
+            out,
+            values(t.grad(&g).unwrap()),
+            values(ln.gamma.grad(&g).unwrap()),
+            values(ln.beta.as_ref().unwrap().grad(&g).unwrap()),
+        )
+    };
+    let (y, dx, dg, db) = run(true);
+    let (y_b, dx_b, dg_b, db_b) = run(false);
+    close(&y, &y_b, 1e-5, "tensor-op layer norm values");
+    close(&dx, &dx_b, 1e-4, "tensor-op layer norm dx");
+    close(&dg, &dg_b, 1e-5, "tensor-op layer norm dgamma");
+    close(&db, &db_b, 1e-5, "tensor-op layer norm dbeta");
+
+    let plain = |v: &[f32]| {
+        let beta = ln.beta.as_ref().map(|b| b.val());
+        ops::tensor_ad::layer_norm(tensor::<3, AD>(v, shape), ln.gamma.val(), beta, eps)
+    };
+    close(
+        &values(plain(&x)),
+        &y_b,
+        1e-5,
+        "untracked tensor-op layer norm",
+    );
+    let f = |v: &[f32]| values((plain(v) * tensor(&r, shape)).sum())[0];
+    check_fd(
+        f,
+        &x,
+        &dx,
+        &[0, 9, 33, 95, 100, 191],
+        "tensor-op layer norm dx",
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Attention
 // ---------------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@
 //! ([`Cpu`](crate::backend::Cpu) and [`CpuTrain`](crate::backend::CpuTrain), f32 tensors) it
 //! runs the fused kernels of [`kernels`], registering its own backward step with Burn's
 //! autodiff; on any other backend (CUDA) or dtype it computes the same function with Burn's
-//! tensor ops ([`reference`]). Both paths compute the same values (tested in
+//! tensor ops ([`reference`]), LayerNorm on the CUDA training backend with its own backward
+//! step in tensor ops ([`tensor_ad`]). All paths compute the same values (tested in
 //! `runtime/tests/ops.rs`). [`fused_enabled`] says when the kernels run: by default in
 //! optimised builds only; `CANC_FUSED_OPS=0` or `=1` in the environment decides otherwise, e.g.
 //! to compare the two paths in one binary.
@@ -20,6 +21,7 @@
 pub mod gemm;
 pub mod kernels;
 pub mod reference;
+pub mod tensor_ad;
 
 use crate::backend::{Cpu, CpuTrain};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -119,6 +121,12 @@ pub fn layer_norm_with<B: Backend, const D: usize>(
             Some((y, _, _)) => float(y),
             None => reference::layer_norm(float::<D>(x), float(g), b.map(float), eps),
         };
+        return back(y);
+    }
+    #[cfg(feature = "cuda")]
+    if fused_enabled() && same::<B, crate::backend::GpuTrain>() {
+        let (x, gamma) = (back(x), back(gamma));
+        let y = tensor_ad::layer_norm::<crate::backend::Gpu, D>(x, gamma, beta.map(back), eps);
         return back(y);
     }
     reference::layer_norm(x, gamma, beta, eps)
