@@ -359,20 +359,20 @@ fn attention_matches_a_naive_reference_and_burn() {
     }
 }
 
+/// An attention op under autodiff: `ops::attention` (the fused CPU op), `reference::attention`
+/// (Burn's tensor ops) or `ops::tensor_ad::attention` (the GPU path's).
+type AttnOp = fn(Tensor<AD, 3>, usize) -> Tensor<AD, 3>;
+
 /// The output of attention over `qkv` `[b, t, 3·h·dh]` and the gradient of `Σ output ⊙ r`
-/// with respect to `qkv`, through the fused op (`fused`) or Burn's tensor ops.
+/// with respect to `qkv`, through `op`.
 fn attention_and_grad(
     qkv: &[f32],
     r: &[f32],
     [b, t, h, dh]: [usize; 4],
-    fused: bool,
+    op: AttnOp,
 ) -> (Vec<f32>, Vec<f32>) {
     let x = tensor::<3, AD>(qkv, [b, t, 3 * h * dh]).require_grad();
-    let y = if fused {
-        ops::attention(x.clone(), h)
-    } else {
-        reference::attention(x.clone(), h)
-    };
+    let y = op(x.clone(), h);
     let g = (y.clone() * tensor(r, [b, t, h * dh])).sum().backward();
     (values(y), values(x.grad(&g).unwrap()))
 }
@@ -383,9 +383,51 @@ fn attention_gradient_matches_burn_on_a_multi_block_shape() {
     let shape @ [b, t, h, dh] = [2, 19, 3, 20];
     let qkv = fill(b * t * 3 * h * dh, 13, 1.5);
     let r = fill(b * t * h * dh, 14, 1.0);
-    let (_, g_f) = attention_and_grad(&qkv, &r, shape, true);
-    let (_, g_b) = attention_and_grad(&qkv, &r, shape, false);
+    let (_, g_f) = attention_and_grad(&qkv, &r, shape, ops::attention);
+    let (_, g_b) = attention_and_grad(&qkv, &r, shape, reference::attention);
     close(&g_f, &g_b, 1e-4, "attention backward vs burn");
+}
+
+/// The GPU path's attention (`ops::tensor_ad`: closed-form backward in tensor ops), run over
+/// `Autodiff<Flex>`: values and gradient against Burn's autodiff of its attention on two shapes,
+/// the gradient against finite differences, and the same values untracked.
+#[test]
+fn tensor_op_attention_has_burns_values_and_gradient() {
+    for (i, shape @ [b, t, h, dh]) in [[2, 5, 2, 8], [1, 19, 3, 20]].into_iter().enumerate() {
+        let w = 3 * h * dh;
+        let qkv = fill(b * t * w, 15 + i as u64, 1.5);
+        let r = fill(b * t * h * dh, 17 + i as u64, 1.0);
+        let (y, g) = attention_and_grad(&qkv, &r, shape, ops::tensor_ad::attention);
+        let (y_b, g_b) = attention_and_grad(&qkv, &r, shape, reference::attention);
+        close(&y, &y_b, 1e-5, "tensor-op attention values");
+        close(&g, &g_b, 1e-4, "tensor-op attention gradient");
+        let plain = |v: &[f32]| ops::tensor_ad::attention(tensor::<3, AD>(v, [b, t, w]), h);
+        close(
+            &values(plain(&qkv)),
+            &y_b,
+            1e-5,
+            "untracked tensor-op attention",
+        );
+        let f = |v: &[f32]| values((plain(v) * tensor(&r, [b, t, h * dh])).sum())[0];
+        let at = [0, 9, 17, 30, 41, 47, b * t * w / 2, b * t * w - 1];
+        check_fd(f, &qkv, &g, &at, "tensor-op attention");
+    }
+}
+
+/// Under bf16 autocast the GPU path's attention takes bf16 `qkv`: it runs there, forward and
+/// backward, within bf16's precision of the f32 values.
+#[test]
+fn tensor_op_attention_runs_in_bf16() {
+    use burn::tensor::FloatDType;
+    let shape @ [b, t, h, dh] = [2, 7, 2, 8];
+    let qkv = fill(b * t * 3 * h * dh, 19, 1.5);
+    let r = fill(b * t * h * dh, 20, 1.0);
+    let bf16: AttnOp =
+        |x, h| ops::tensor_ad::attention(x.cast(FloatDType::BF16), h).cast(FloatDType::F32);
+    let (y, g) = attention_and_grad(&qkv, &r, shape, bf16);
+    let (y_f, g_f) = attention_and_grad(&qkv, &r, shape, reference::attention);
+    close(&y, &y_f, 3e-2, "bf16 tensor-op attention values");
+    close(&g, &g_f, 5e-2, "bf16 tensor-op attention gradient");
 }
 
 #[test]
@@ -395,8 +437,8 @@ fn attention_gradient_matches_burn_and_finite_differences() {
     let w = 3 * h * dh;
     let qkv = fill(b * t * w, 11, 1.5);
     let r = fill(b * t * h * dh, 12, 1.0);
-    let (y_f, g_f) = attention_and_grad(&qkv, &r, [b, t, h, dh], true);
-    let (y_b, g_b) = attention_and_grad(&qkv, &r, [b, t, h, dh], false);
+    let (y_f, g_f) = attention_and_grad(&qkv, &r, [b, t, h, dh], ops::attention);
+    let (y_b, g_b) = attention_and_grad(&qkv, &r, [b, t, h, dh], reference::attention);
     close(&y_f, &y_b, 1e-5, "attention forward (autodiff)");
     close(&g_f, &g_b, 1e-4, "attention backward vs burn");
     let f = |v: &[f32]| {
