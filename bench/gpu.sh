@@ -4,8 +4,8 @@
 # whatever is left, so the first items are the ones that always come back):
 #   1. `canc bench` of specs/can.canspec in f32 and bf16 and the PyTorch reference of the same
 #      model (eager f32, eager bf16 autocast); the f32 bench again with a warm kernel cache, then
-#      warm with Burn's per-tensor AdamW (CANC_FLAT_ADAMW=0) and with LayerNorm's and attention's
-#      gradients from Burn's autodiff (CANC_FUSED_OPS=0), and once more under CubeCL's
+#      warm with Burn's per-tensor AdamW (CANC_FLAT_ADAMW=0) and with LayerNorm's, attention's
+#      and GELU's gradients from Burn's autodiff (CANC_FUSED_OPS=0), and once more under CubeCL's
 #      per-kernel profile (kernel launches and device time per step);
 #   2. the same for a ViT-S/4 at 32 px (bench/specs/vit_s4_32.canspec) and a ViT-B/16 at 224 px
 #      (bench/specs/vit_b16_224.canspec) in bf16, against PyTorch eager and torch.compile bf16;
@@ -87,9 +87,9 @@ canc canc_can_f32_warm 120 specs/can.canspec "$B_CAN" "${SET[@]}"
 # The same warm run with Burn's AdamW a parameter tensor at a time instead of canc's flat AdamW
 # (116 tensors: about 1,660 element-wise kernels per step against 265), for their difference.
 CANC_FLAT_ADAMW=0 canc canc_can_f32_warm_per_tensor_adamw 120 specs/can.canspec "$B_CAN" "${SET[@]}"
-# And with LayerNorm's and attention's gradients from Burn's autodiff of their tensor ops
-# (about 37 and 44 ops; 36 LayerNorms and 16 attentions per step) instead of canc's
-# closed-form backward steps (21 and 27).
+# And with LayerNorm's, attention's and GELU's gradients from Burn's autodiff of their tensor
+# ops (about 37, 44 and 16 ops; 36, 16 and 18 per step) instead of canc's closed-form
+# backward steps (21, 27 and 12).
 CANC_FUSED_OPS=0 canc canc_can_f32_warm_autodiff_ln_attn 120 specs/can.canspec "$B_CAN" "${SET[@]}"
 # Kernel launches per step and device time per kernel (CubeCL times each kernel, so this run's
 # step times are not throughput): its JSON's "kernels" field; the raw tables in kernels.txt.gz.

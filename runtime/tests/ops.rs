@@ -122,39 +122,42 @@ fn gelu_gradient_matches_finite_differences() {
 /// is exact). The tanh approximation's derivative, which Burn's default `gelu_backward` gives,
 /// differs from these by 3.5e-4 at x = ±1 and 8.7e-4 at x = ±2.
 #[test]
-fn reference_gelu_has_the_exact_gradient() {
-    let x = [0.0f32, 1.0, -1.0, 2.0, -2.0];
-    let exact = [
-        0.5,
-        1.083_315_5, // Φ(1) = 0.841344746, φ(1) = 0.241970725
-        -0.083_315_47,
-        1.085_231_8, // Φ(2) = 0.977249868, φ(2) = 0.053990967
-        -0.085_231_8,
+fn tensor_op_gelus_have_the_exact_gradient() {
+    // The tensor-op form and the GPU path's closed-form backward step (`ops::tensor_ad`).
+    type GeluOp = fn(Tensor<AD, 1>) -> Tensor<AD, 1>;
+    let forms: [(&str, GeluOp); 2] = [
+        ("reference gelu", reference::gelu),
+        ("tensor-op gelu", ops::tensor_ad::gelu),
     ];
-    let t = tensor::<1, AD>(&x, [5]).require_grad();
-    let y = reference::gelu(t.clone());
-    let g = y.clone().sum().backward();
-    close(
-        &values(t.grad(&g).unwrap()),
-        &exact,
-        2e-6,
-        "reference gelu gradient",
-    );
-    // GELU(1) = Φ(1), GELU(2) = 2Φ(2).
-    close(
-        &values(y)[..4],
-        &[0.0, 0.841_344_7, -0.158_655_3, 1.954_499_7],
-        2e-6,
-        "reference gelu forward",
-    );
+    for (what, gelu) in forms {
+        let x = [0.0f32, 1.0, -1.0, 2.0, -2.0];
+        let exact = [
+            0.5,
+            1.083_315_5, // Φ(1) = 0.841344746, φ(1) = 0.241970725
+            -0.083_315_47,
+            1.085_231_8, // Φ(2) = 0.977249868, φ(2) = 0.053990967
+            -0.085_231_8,
+        ];
+        let t = tensor::<1, AD>(&x, [5]).require_grad();
+        let y = gelu(t.clone());
+        let g = y.clone().sum().backward();
+        close(&values(t.grad(&g).unwrap()), &exact, 2e-6, what);
+        // GELU(1) = Φ(1), GELU(2) = 2Φ(2).
+        close(
+            &values(y)[..4],
+            &[0.0, 0.841_344_7, -0.158_655_3, 1.954_499_7],
+            2e-6,
+            what,
+        );
 
-    let n = 4_000;
-    let x = fill(n, 5, 6.0);
-    let r = fill(n, 6, 1.0);
-    let (y_r, g_r) = value_and_grad(reference::gelu, &x, &r);
-    let (y_b, g_b) = value_and_grad(burn::tensor::activation::gelu, &x, &r);
-    close(&y_r, &y_b, 2e-6, "reference gelu forward vs Burn");
-    close(&g_r, &g_b, 4e-6, "reference gelu backward vs Burn");
+        let n = 4_000;
+        let x = fill(n, 5, 6.0);
+        let r = fill(n, 6, 1.0);
+        let (y_r, g_r) = value_and_grad(gelu, &x, &r);
+        let (y_b, g_b) = value_and_grad(burn::tensor::activation::gelu, &x, &r);
+        close(&y_r, &y_b, 2e-6, what);
+        close(&g_r, &g_b, 4e-6, what);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,8 +5,8 @@
 //! ([`Cpu`](crate::backend::Cpu) and [`CpuTrain`](crate::backend::CpuTrain), f32 tensors) it
 //! runs the fused kernels of [`kernels`], registering its own backward step with Burn's
 //! autodiff; on any other backend (CUDA) or dtype it computes the same function with Burn's
-//! tensor ops ([`reference`]), LayerNorm and attention on the CUDA training backend with their
-//! own backward steps in tensor ops ([`tensor_ad`]). All paths compute the same values (tested in
+//! tensor ops ([`reference`]), LayerNorm, attention and GELU on the CUDA training backend with
+//! their own backward steps in tensor ops ([`tensor_ad`]). All paths compute the same values (tested in
 //! `runtime/tests/ops.rs`). [`fused_enabled`] says when the kernels run: by default in
 //! optimised builds only; `CANC_FUSED_OPS=0` or `=1` in the environment decides otherwise, e.g.
 //! to compare the two paths in one binary.
@@ -79,6 +79,10 @@ pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
             _ => burn::tensor::activation::gelu(float::<D>(p)),
         };
         return back(y);
+    }
+    #[cfg(feature = "cuda")]
+    if fused_enabled() && same::<B, crate::backend::GpuTrain>() {
+        return back(tensor_ad::gelu::<crate::backend::Gpu, D>(back(x)));
     }
     // Other backends (CUDA): the tensor-op form, whose gradient is exact (see there).
     reference::gelu(x)
