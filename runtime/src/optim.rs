@@ -159,7 +159,7 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> FlatAdamW<M, B> {
         };
         module.visit(&mut c);
         let Collect {
-            mut segs,
+            segs,
             params,
             grad,
             total,
@@ -173,7 +173,6 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> FlatAdamW<M, B> {
         let g = end_to_end(grad, &segs, total, &device);
         let at: HashMap<ParamId, (usize, usize)> =
             segs.iter().map(|s| (s.id, (s.offset, s.len()))).collect();
-        segs.iter_mut().for_each(|s| s.time = 0);
         self.lay_out(segs, total, &device);
         let Some(mut f) = self.flat.take() else {
             return module;

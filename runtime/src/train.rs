@@ -211,19 +211,21 @@ impl<B: AutodiffBackend> Opt<B> {
         decay: GradientsParams,
         plain: GradientsParams,
     ) -> exec::Nets<B> {
+        /// `a` on the decay group's gradients, then `b` on the others'.
+        fn both<B: AutodiffBackend, O: Optimizer<exec::Nets<B>, B>>(
+            (a, b): (&mut O, &mut O),
+            lr: f64,
+            model: exec::Nets<B>,
+            decay: GradientsParams,
+            plain: GradientsParams,
+        ) -> exec::Nets<B> {
+            let m = a.step(lr, model, decay);
+            b.step(lr, m, plain)
+        }
         match self {
-            Opt::AdamW(a, b) => {
-                let m = a.step(lr, model, decay);
-                b.step(lr, m, plain)
-            }
-            Opt::FlatAdamW(a, b) => {
-                let m = a.step(lr, model, decay);
-                b.step(lr, m, plain)
-            }
-            Opt::Sgd(a, b) => {
-                let m = a.step(lr, model, decay);
-                b.step(lr, m, plain)
-            }
+            Opt::AdamW(a, b) => both((a, b), lr, model, decay, plain),
+            Opt::FlatAdamW(a, b) => both((a, b), lr, model, decay, plain),
+            Opt::Sgd(a, b) => both((a, b), lr, model, decay, plain),
         }
     }
 }

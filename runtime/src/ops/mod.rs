@@ -301,6 +301,26 @@ fn flex_linear(
     Some((flex(y, [m, n].into()), xc, wc))
 }
 
+/// `y` (computed on the inner backend) as the output of the fused op `op` over `parents`
+/// under autodiff: with `op` as its backward step and `state()` kept for it when a parent is
+/// tracked, as a plain value otherwise.
+fn finish<B: Backend, const N: usize, O: Backward<B, N>>(
+    op: O,
+    parents: [&<burn::backend::Autodiff<B> as burn::tensor::backend::BackendTypes>::FloatTensorPrimitive;
+        N],
+    state: impl FnOnce() -> O::State,
+    y: B::FloatTensorPrimitive,
+) -> <burn::backend::Autodiff<B> as burn::tensor::backend::BackendTypes>::FloatTensorPrimitive {
+    match op
+        .prepare::<NoCheckpointing>(parents.map(|p| p.node.clone()))
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(state(), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    }
+}
+
 /// The autodiff (training) versions of the fused ops on `Autodiff<Flex>`.
 mod ad {
     use super::*;
@@ -313,24 +333,6 @@ mod ad {
 
     fn wrap<const D: usize>(p: Prim) -> Tensor<CpuTrain, D> {
         Tensor::from_primitive(TensorPrimitive::Float(p))
-    }
-
-    /// `y` as the output of the fused op `op` over `parents`: with `op` as its backward step
-    /// and `state()` kept for it when a parent is tracked, as a plain value otherwise.
-    fn finish<const N: usize, O: Backward<Cpu, N>>(
-        op: O,
-        parents: [&Prim; N],
-        state: impl FnOnce() -> O::State,
-        y: FlexTensor,
-    ) -> Prim {
-        match op
-            .prepare::<NoCheckpointing>(parents.map(|p| p.node.clone()))
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(state(), y),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        }
     }
 
     /// The state of a Linear backward step: the contiguous input and weight.

@@ -13,13 +13,15 @@ use burn::tensor::ops::AttentionModuleOptions;
 /// of its own) is the derivative of the tanh approximation: off by up to 9e-4 of the exact one
 /// (at |x| ≈ 2). Under autodiff this is also fewer ops than that default backward.
 pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    let phi = x
-        .clone()
-        .mul_scalar(core::f64::consts::FRAC_1_SQRT_2)
+    x.clone() * normal_cdf(x)
+}
+
+/// The standard normal CDF `Φ(x) = (1 + erf(x/√2))/2`, element-wise.
+pub fn normal_cdf<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    x.mul_scalar(core::f64::consts::FRAC_1_SQRT_2)
         .erf()
         .add_scalar(1.0)
-        .mul_scalar(0.5);
-    x * phi
+        .mul_scalar(0.5)
 }
 
 /// LayerNorm over the last dimension: `(x − mean)/√(var + eps)·gamma + beta`, biased variance.

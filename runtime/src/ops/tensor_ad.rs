@@ -23,11 +23,12 @@
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorPrimitive};
+
+use super::finish;
 
 type Prim<B> = <Autodiff<B> as burn::tensor::backend::BackendTypes>::FloatTensorPrimitive;
 
@@ -109,21 +110,12 @@ pub fn layer_norm<B: Backend, const D: usize>(
     let xhat = xc * rstd.clone();
     let y = xhat.clone() * g.clone().unsqueeze::<2>() + b.unsqueeze::<2>();
 
-    let y = match Ln
-        .prepare::<NoCheckpointing>([xp.node.clone(), gp.node.clone(), bp.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => {
-            let state = LnState {
-                xhat: raw(xhat),
-                rstd: raw(rstd),
-                gamma: raw(g),
-            };
-            prep.finish(state, raw(y))
-        }
-        OpsKind::UnTracked(prep) => prep.finish(raw(y)),
+    let state = || LnState {
+        xhat: raw(xhat),
+        rstd: raw(rstd),
+        gamma: raw(g),
     };
+    let y = finish(Ln, [&xp, &gp, &bp], state, raw(y));
     Tensor::<Autodiff<B>, 2>::from_primitive(TensorPrimitive::Float(y)).reshape(dims)
 }
 
@@ -196,23 +188,14 @@ pub fn attention<B: Backend>(qkv: Tensor<Autodiff<B>, 3>, heads: usize) -> Tenso
         .swap_dims(1, 2)
         .reshape([b, t, heads * dh]);
 
-    let y = match Attn
-        .prepare::<NoCheckpointing>([xp.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => {
-            let state = AttnState {
-                q: raw(q),
-                k: raw(k),
-                v: raw(v),
-                p: raw(p),
-                scale,
-            };
-            prep.finish(state, raw(y))
-        }
-        OpsKind::UnTracked(prep) => prep.finish(raw(y)),
+    let state = || AttnState {
+        q: raw(q),
+        k: raw(k),
+        v: raw(v),
+        p: raw(p),
+        scale,
     };
+    let y = finish(Attn, [&xp], state, raw(y));
     Tensor::from_primitive(TensorPrimitive::Float(y))
 }
 
@@ -256,26 +239,12 @@ pub fn gelu<B: Backend, const D: usize>(x: Tensor<Autodiff<B>, D>) -> Tensor<Aut
     let n = dims.iter().product::<usize>();
     let xp: Prim<B> = x.reshape([n]).into_primitive().tensor();
     let xi: Tensor<B, 1> = inner(xp.primitive.clone());
-    let phi = xi
-        .clone()
-        .mul_scalar(core::f64::consts::FRAC_1_SQRT_2)
-        .erf()
-        .add_scalar(1.0)
-        .mul_scalar(0.5);
+    let phi = super::reference::normal_cdf(xi.clone());
     let y = xi.clone() * phi.clone();
-    let y = match Gelu
-        .prepare::<NoCheckpointing>([xp.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => {
-            let state = GeluState {
-                x: raw(xi),
-                phi: raw(phi),
-            };
-            prep.finish(state, raw(y))
-        }
-        OpsKind::UnTracked(prep) => prep.finish(raw(y)),
+    let state = || GeluState {
+        x: raw(xi),
+        phi: raw(phi),
     };
+    let y = finish(Gelu, [&xp], state, raw(y));
     Tensor::<Autodiff<B>, 1>::from_primitive(TensorPrimitive::Float(y)).reshape(dims)
 }
