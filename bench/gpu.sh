@@ -5,7 +5,8 @@
 #   1. `canc bench` of specs/can.canspec in f32 and bf16 and the PyTorch reference of the same
 #      model (eager f32, eager bf16 autocast); the f32 bench again with a warm kernel cache, then
 #      warm with Burn's per-tensor AdamW (CANC_FLAT_ADAMW=0) and with LayerNorm's, attention's
-#      and GELU's gradients from Burn's autodiff (CANC_FUSED_OPS=0), and once more under CubeCL's
+#      and GELU's gradients from Burn's autodiff (CANC_FUSED_OPS=0), with each view's network
+#      calls run one by one (CANC_BATCH_CALLS=0), and once more under CubeCL's
 #      per-kernel profile (kernel launches and device time per step);
 #   2. the same for a ViT-S/4 at 32 px (bench/specs/vit_s4_32.canspec) and a ViT-B/16 at 224 px
 #      (bench/specs/vit_b16_224.canspec) in bf16, against PyTorch eager and torch.compile bf16;
@@ -73,9 +74,10 @@ canc() { # canc NAME LIMIT SPEC BATCH [extra args]
   rec "$name" "$limit" "$BIN" bench "$spec" --device "$DEVICE" --batch "$batch" --steps "$STEPS" \
     --warmup "$WARMUP" --json "$@"
 }
-torch() { # torch NAME LIMIT MODEL BATCH MODE DTYPE
-  rec "$1" "$2" "$PY" bench/reference.py --model "$3" --device "$DEVICE" --batch "$4" \
-    --steps "$STEPS" --warmup "$WARMUP" --mode "$5" --dtype "$6" --json
+torch() { # torch NAME LIMIT MODEL BATCH MODE DTYPE [extra args, e.g. --batch-views]
+  local name=$1 limit=$2 model=$3 batch=$4 mode=$5 dtype=$6; shift 6
+  rec "$name" "$limit" "$PY" bench/reference.py --model "$model" --device "$DEVICE" \
+    --batch "$batch" --steps "$STEPS" --warmup "$WARMUP" --mode "$mode" --dtype "$dtype" --json "$@"
 }
 
 B_CAN=${B_CAN:-256}
@@ -83,6 +85,9 @@ canc canc_can_f32 120 specs/can.canspec "$B_CAN" "${SET[@]}"
 canc canc_can_bf16 120 specs/can.canspec "$B_CAN" --set train.precision=bf16 "${SET[@]}"
 torch torch_can_eager_f32 45 can "$B_CAN" eager f32
 torch torch_can_eager_bf16 45 can "$B_CAN" eager bf16
+# canc runs both views through each network in one call (the plan's batched calls); the
+# reference does the same with --batch-views, so both ways of writing the step are measured.
+torch torch_can_eager_f32_batched 45 can "$B_CAN" eager f32 --batch-views
 canc canc_can_f32_warm 120 specs/can.canspec "$B_CAN" "${SET[@]}"
 # The same warm run with Burn's AdamW a parameter tensor at a time instead of canc's flat AdamW
 # (116 tensors: about 1,660 element-wise kernels per step against 265), for their difference.
@@ -91,6 +96,9 @@ CANC_FLAT_ADAMW=0 canc canc_can_f32_warm_per_tensor_adamw 120 specs/can.canspec 
 # ops (about 37, 44 and 16 ops; 36, 16 and 18 per step) instead of canc's closed-form
 # backward steps (21, 27 and 12).
 CANC_FUSED_OPS=0 canc canc_can_f32_warm_autodiff_ln_attn 120 specs/can.canspec "$B_CAN" "${SET[@]}"
+# And with each view's encoder, decoder and projector called on its own (6 network calls per
+# step instead of 3), for what batching the calls is worth.
+CANC_BATCH_CALLS=0 canc canc_can_f32_warm_unbatched 120 specs/can.canspec "$B_CAN" "${SET[@]}"
 # Kernel launches per step and device time per kernel (CubeCL times each kernel, so this run's
 # step times are not throughput): its JSON's "kernels" field; the raw tables in kernels.txt.gz.
 if [ "$DEVICE" != cpu ]; then
@@ -102,11 +110,13 @@ fi
 B_S=${B_S:-256}
 canc canc_vit_s4_32_bf16 120 bench/specs/vit_s4_32.canspec "$B_S" --set train.precision=bf16
 torch torch_vit_s4_32_eager_bf16 45 vit_s4_32 "$B_S" eager bf16
+torch torch_vit_s4_32_eager_bf16_batched 45 vit_s4_32 "$B_S" eager bf16 --batch-views
 torch torch_vit_s4_32_compile_bf16 150 vit_s4_32 "$B_S" compile bf16
 
 B_B=${B_B:-128}
 canc canc_vit_b16_224_bf16 150 bench/specs/vit_b16_224.canspec "$B_B" --set train.precision=bf16
 torch torch_vit_b16_224_eager_bf16 50 vit_b16_224 "$B_B" eager bf16
+torch torch_vit_b16_224_eager_bf16_batched 50 vit_b16_224 "$B_B" eager bf16 --batch-views
 torch torch_vit_b16_224_compile_bf16 180 vit_b16_224 "$B_B" compile bf16
 
 torch torch_can_compile_bf16 90 can "$B_CAN" compile bf16

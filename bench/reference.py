@@ -240,9 +240,10 @@ class Projector(nn.Module):
 
 
 class Can(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, batch_views: bool = False):
         super().__init__()
         self.cfg = cfg
+        self.batch_views = batch_views
         self.encoder = Vit(cfg)
         self.decoder = Decoder(cfg)
         self.projector = Projector(cfg.dim, cfg.proj_hidden, cfg.proj_out)
@@ -251,10 +252,17 @@ class Can(nn.Module):
         """The loss of one step (canc's plan for can.canspec, step by step)."""
         cfg = self.cfg
         ys, zs = [], []
-        for x, noise, sigma, keep in ((x1, noise1, sigma1, keep1), (x2, noise2, sigma2, keep2)):
-            h = self.encoder(x + noise, keep)
-            zs.append(self.projector(h.mean(dim=1)))  # pool mode = mean_all (CLS included)
-            ys.append(self.decoder(h, keep, sigma))
+        if self.batch_views:
+            # Both views through each network in one call (canc's batched calls).
+            keep = torch.cat([keep1, keep2])
+            h = self.encoder(torch.cat([x1 + noise1, x2 + noise2]), keep)
+            zs = list(self.projector(h.mean(dim=1)).chunk(2))
+            ys = list(self.decoder(h, keep, torch.cat([sigma1, sigma2])).chunk(2))
+        else:
+            for x, noise, sigma, keep in ((x1, noise1, sigma1, keep1), (x2, noise2, sigma2, keep2)):
+                h = self.encoder(x + noise, keep)
+                zs.append(self.projector(h.mean(dim=1)))  # pool mode = mean_all (CLS included)
+                ys.append(self.decoder(h, keep, sigma))
         nce = infonce(zs[0].float(), zs[1].float(), cfg.temperature)
         mae = 0.5 * sum(
             masked_mse(y.float(), patch_norm(patchify(x, cfg.patch)), m)
@@ -363,7 +371,7 @@ def run(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-    model = Can(cfg).to(device)
+    model = Can(cfg, args.batch_views).to(device)
     counts = param_counts(model)
     opt = torch.optim.AdamW(
         param_groups(model, cfg.weight_decay),
@@ -416,6 +424,7 @@ def run(args: argparse.Namespace) -> dict:
         "device": str(device),
         "mode": args.mode,
         "dtype": args.dtype,
+        "batch_views": args.batch_views,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "batch": args.batch,
@@ -454,6 +463,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32", help="bf16: autocast")
     ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0: torch's default)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--batch-views",
+        action="store_true",
+        help="run both views through each network in one call, as canc's batched calls do",
+    )
     ap.add_argument("--json", action="store_true", help="one JSON object instead of text")
     ap.add_argument(
         "--check-canc",
@@ -482,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(
         f"reference `{r['model']}` on {r['device']} ({r['threads']} threads, torch {r['torch']}, "
-        f"{r['mode']}, {r['dtype']}): batch {r['batch']}, {r['steps']} timed steps after "
+        f"{r['mode']}, {r['dtype']}{', views batched' if r['batch_views'] else ''}): batch {r['batch']}, {r['steps']} timed steps after "
         f"{r['warmup']} warm-up"
     )
     print(f"  {r['images_per_s']:.1f} images/s   {r['ms_per_step_mean']:.1f} ms/step mean, "

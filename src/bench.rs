@@ -76,8 +76,9 @@ struct Measure<'a> {
 }
 
 impl OnBackend for Measure<'_> {
-    /// The step logs, the GPU memory held after them (MiB), and the optimizer that ran.
-    type Output = Result<(Vec<StepLog>, Option<f64>, &'static str), TrainError>;
+    /// The step logs, the GPU memory held after them (MiB), the optimizer that ran and the
+    /// network calls per forward pass.
+    type Output = Result<(Vec<StepLog>, Option<f64>, &'static str, usize), TrainError>;
 
     fn run<B: AutodiffBackend>(self, device: &B::Device) -> Self::Output {
         let mut program = Program::<B>::new(self.plan, device)?;
@@ -104,7 +105,7 @@ impl OnBackend for Measure<'_> {
         } else {
             None
         };
-        Ok((logs, gpu_mib, trainer.optimizer()))
+        Ok((logs, gpu_mib, trainer.optimizer(), program.network_calls()))
     }
 }
 
@@ -127,7 +128,7 @@ fn bench_inner(args: BenchArgs) -> Result<(), String> {
         warmup: args.warmup,
         gpu: args.device != DeviceSpec::Cpu,
     };
-    let (logs, gpu_mib, optimizer) = dispatch(args.device, work)
+    let (logs, gpu_mib, optimizer, calls) = dispatch(args.device, work)
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     let timed = &logs[args.warmup as usize..];
@@ -178,7 +179,7 @@ fn bench_inner(args: BenchArgs) -> Result<(), String> {
             "spec": plan.spec, "device": args.device.to_string(), "batch": batch,
             "precision": precision,
             "steps": args.steps, "warmup": args.warmup, "threads": threads,
-            "sync_phases": SYNC_PHASES, "optimizer": optimizer,
+            "sync_phases": SYNC_PHASES, "optimizer": optimizer, "network_calls": calls,
             "ms_per_step_mean": mean * 1e3, "ms_per_step_median": median * 1e3,
             "images_per_s": batch as f64 / mean,
             "data_ms": ph.data * 1e3, "forward_ms": ph.forward * 1e3,
@@ -196,7 +197,7 @@ fn bench_inner(args: BenchArgs) -> Result<(), String> {
         "bench `{}` on {} ({} threads): batch {batch}, {} timed steps after {} warm-up",
         plan.spec, args.device, threads, args.steps, args.warmup
     );
-    println!("  optimizer {optimizer}");
+    println!("  optimizer {optimizer}, {calls} network calls per step");
     println!(
         "  {:.1} images/s   {:.1} ms/step mean, {:.1} median",
         batch as f64 / mean,

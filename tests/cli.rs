@@ -194,6 +194,8 @@ fn bench_json_reports_the_step_and_the_precision() {
     assert_eq!(v["precision"], "f32");
     // The CPU's default AdamW is Burn's, a tensor at a time.
     assert_eq!(v["optimizer"], "adamw (per tensor)");
+    // Encoder, decoder and projector each run once for both views.
+    assert_eq!(v["network_calls"], 3);
     assert_eq!(v["batch"], 2);
     assert!(v["images_per_s"].as_f64().is_some_and(|x| x > 0.0), "{v}");
     assert!(

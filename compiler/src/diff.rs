@@ -474,7 +474,22 @@ fn graph(sa: &ResolvedSpec, pa: &Plan, sb: &ResolvedSpec, pb: &Plan) -> Vec<Line
             .map(|s| s.name.clone())
             .collect()
     };
-    if order(pa, pb) != order(pb, pa) {
+    let (ga, gb) = (common_groups(pa, pa, pb), common_groups(pb, pa, pb));
+    for g in ga.iter().filter(|g| !gb.contains(g)) {
+        let calls = g.join(" + ");
+        out.push(Line::change(
+            "graph",
+            format!("calls {calls}: one batched call → one call each"),
+        ));
+    }
+    for g in gb.iter().filter(|g| !ga.contains(g)) {
+        let calls = g.join(" + ");
+        out.push(Line::change(
+            "graph",
+            format!("calls {calls}: one call each → one batched call"),
+        ));
+    }
+    if ga == gb && order(pa, pb) != order(pb, pa) {
         out.push(Line::change("graph", "execution order changed"));
     }
     out
@@ -849,6 +864,17 @@ fn cost(pa: &Plan, pb: &Plan) -> Vec<Line> {
         format!("{}{change}", arrow(human(fa), human(fb))),
     ));
     out
+}
+
+/// `p`'s batch groups whose calls both plans compute (a removed call is reported as removed).
+fn common_groups<'a>(p: &'a Plan, pa: &Plan, pb: &Plan) -> Vec<Vec<&'a str>> {
+    p.batch_groups()
+        .into_iter()
+        .filter(|g| {
+            g.iter()
+                .all(|n| pa.step(n).is_some() && pb.step(n).is_some())
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -487,6 +487,24 @@ fn derived(spec: &ResolvedSpec, plan: &Plan) -> Table {
         }
     }
 
+    for group in plan.batch_groups() {
+        let Some(crate::ir::Op::Call { network, .. }) =
+            group.first().and_then(|n| plan.step(n)).map(|s| &s.op)
+        else {
+            continue;
+        };
+        t.row(
+            1,
+            &format!("batched {network}"),
+            format!("{} calls as 1", group.len()),
+            format!(
+                "{} on their inputs stacked along the batch: one network, equal shapes, \
+                 independent, no BatchNorm",
+                group.join(" + ")
+            ),
+        );
+    }
+
     for n in &plan.networks {
         if let Role::Ema {
             source,

@@ -11,6 +11,7 @@
 // Diagnostics are large and only built on the error path; boxing them would buy nothing.
 #![allow(clippy::result_large_err)]
 
+pub mod batching;
 pub mod check;
 pub mod codes;
 pub mod cost;

@@ -32,7 +32,7 @@ pub struct Plan {
     pub views: Vec<ViewPlan>,
     /// Networks in declaration order (unused ones are left out).
     pub networks: Vec<NetworkPlan>,
-    /// Operations in execution (topological) order.
+    /// Operations in execution (topological) order; batched calls stand together.
     pub steps: Vec<Step>,
     /// Weighted loss terms.
     pub objective: Objective,
@@ -135,6 +135,10 @@ pub struct Step {
     pub keep: bool,
     /// What it draws from the step's RNG, if anything.
     pub rng: Option<String>,
+    /// Calls with the same number run as one call on their inputs stacked along the batch
+    /// dimension ([`crate::batching`]); `None` for a step that runs on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<u32>,
 }
 
 /// The weighted objective.
@@ -241,6 +245,7 @@ pub fn plan(spec: &ResolvedSpec, g: &LossGraph, info: &GraphInfo) -> Plan {
             out,
             grad: info.grad[i.index()],
             keep: info.keep_for_backward(i),
+            batch: None,
         });
     }
 
@@ -319,6 +324,8 @@ pub fn plan(spec: &ResolvedSpec, g: &LossGraph, info: &GraphInfo) -> Plan {
             params,
         });
     }
+
+    let steps = crate::batching::batch_calls(steps, &networks);
 
     let terms: Vec<(String, f64)> = g.terms.iter().map(|t| (t.name.clone(), t.weight)).collect();
     let weight_sum = terms.iter().map(|t| t.1).sum();
@@ -425,6 +432,19 @@ impl Plan {
     /// The step defining `name`.
     pub fn step(&self, name: &str) -> Option<&Step> {
         self.steps.iter().find(|s| s.name == name)
+    }
+
+    /// The batched call groups: each group's step names, groups in plan order.
+    pub fn batch_groups(&self) -> Vec<Vec<&str>> {
+        let mut out: Vec<(u32, Vec<&str>)> = Vec::new();
+        for s in &self.steps {
+            let Some(b) = s.batch else { continue };
+            match out.iter_mut().find(|(g, _)| *g == b) {
+                Some((_, m)) => m.push(s.name.as_str()),
+                None => out.push((b, vec![s.name.as_str()])),
+            }
+        }
+        out.into_iter().map(|(_, m)| m).collect()
     }
 
     /// The network `name`.

@@ -69,6 +69,9 @@ pub struct Program<B: AutodiffBackend> {
     pub teachers: Vec<(String, usize, Network<B::InnerBackend>)>,
     /// Where the networks live; masks and noise are created here.
     pub device: B::Device,
+    /// Run the plan's batched calls as one call each (the default; `CANC_BATCH_CALLS=0` in the
+    /// environment runs them one by one, to compare).
+    pub batch_calls: bool,
 }
 
 /// One input batch: the images of each view step ([B, C, S, S], normalised) and the labels.
@@ -152,6 +155,7 @@ impl<B: AutodiffBackend> Program<B> {
             index,
             teachers,
             device: device.clone(),
+            batch_calls: std::env::var("CANC_BATCH_CALLS").map_or(true, |v| v != "0"),
         })
     }
 
@@ -167,6 +171,22 @@ impl<B: AutodiffBackend> Program<B> {
             };
             *teacher = teacher.clone().map(&mut mapper);
         }
+    }
+
+    /// Network calls one forward pass makes: each batch group counts once when
+    /// [`Program::batch_calls`] is on.
+    pub fn network_calls(&self) -> usize {
+        let calls = self
+            .plan
+            .steps
+            .iter()
+            .filter(|s| matches!(s.op, Op::Call { .. }));
+        let merged: usize = if self.batch_calls {
+            self.plan.batch_groups().iter().map(|g| g.len() - 1).sum()
+        } else {
+            0
+        };
+        calls.count() - merged
     }
 
     /// Runs the plan's forward pass on `batch`, drawing masks and noise from `rng`.
@@ -233,6 +253,9 @@ fn forward<B: AutodiffBackend>(
 ) -> Result<Forward<B>, ExecError> {
     let device = p.device.clone();
     let mut values: HashMap<String, Value<B>> = HashMap::new();
+    // Batched calls' inputs and outputs as stacked, by their member value names: a group whose
+    // inputs are another group's outputs in the same order reads them without a cat.
+    let mut stacked: HashMap<Vec<String>, Value<B>> = HashMap::new();
     let mut embedding = None;
     for step in &p.plan.steps {
         let get = |port: Port| -> Result<&Value<B>, ExecError> {
@@ -256,6 +279,25 @@ fn forward<B: AutodiffBackend>(
             embedding = Some(a.clone().detach());
         }
         let started = crate::profile::enabled().then(std::time::Instant::now);
+        if let (Some(group), true) = (step.batch, p.batch_calls) {
+            if !values.contains_key(&step.name) {
+                let members: Vec<&Step> = p
+                    .plan
+                    .steps
+                    .iter()
+                    .filter(|s| s.batch == Some(group))
+                    .collect();
+                let out = run_group(p, &members, &values, &mut stacked)?;
+                if let Some(t0) = started {
+                    crate::profile::record(
+                        &format!("{} = batched call ×{}", step.name, members.len()),
+                        t0.elapsed(),
+                    );
+                }
+                values.extend(out);
+            }
+            continue;
+        }
         let out: Vec<(String, Value<B>)> = match &step.op {
             Op::View { .. } => {
                 let x = batch
@@ -359,39 +401,13 @@ fn forward<B: AutodiffBackend>(
                 };
                 vec![(step.name.clone(), v)]
             }
-            Op::Call {
-                network, kind, ema, ..
-            } => {
-                let x = get(Port::Arg(0))?.clone();
-                let keep = match step.inputs.iter().find(|i| i.port == Port::Kw("mask")) {
-                    Some(_) => match get(Port::Kw("mask"))? {
-                        Value::Mask { keep, .. } => Some(keep.clone()),
-                        _ => return Err(err(step, "mask input is not a mask")),
-                    },
-                    None => None,
-                };
-                let sigma = match step.inputs.iter().find(|i| i.port == Port::Kw("cond")) {
-                    Some(_) => match get(Port::Kw("cond"))? {
-                        Value::Sigma(s) => Some(s.clone()),
-                        _ => return Err(err(step, "cond input is not sigma")),
-                    },
-                    None => None,
-                };
-                let v = if *ema {
-                    let (_, _, teacher) = p
-                        .teachers
-                        .iter()
-                        .find(|(n, _, _)| n == network)
-                        .ok_or_else(|| err(step, format!("no EMA network `{network}`")))?;
-                    call_inner::<B>(teacher, *kind, x, keep, sigma).map_err(|e| err(step, e))?
-                } else {
-                    let &i = p
-                        .index
-                        .get(network)
-                        .ok_or_else(|| err(step, format!("no network `{network}`")))?;
-                    call(&p.model.nets[i], *kind, x, keep, sigma).map_err(|e| err(step, e))?
-                };
-                vec![(step.name.clone(), v)]
+            Op::Call { .. } => {
+                let args = step
+                    .inputs
+                    .iter()
+                    .map(|i| Ok((i.port.clone(), get(i.port.clone())?.clone())))
+                    .collect::<Result<Vec<_>, ExecError>>()?;
+                vec![(step.name.clone(), run_call(p, step, args)?)]
             }
             Op::InfoNce {
                 temperature,
@@ -581,6 +597,173 @@ fn call_inner<B: AutodiffBackend>(
         Value::Emb(t) => Value::Emb(Tensor::from_inner(t)),
         _ => return Err("unexpected EMA output".into()),
     })
+}
+
+/// Runs one call step on its inputs (port and value, in the step's port order).
+fn run_call<B: AutodiffBackend>(
+    p: &Program<B>,
+    step: &Step,
+    args: Vec<(Port, Value<B>)>,
+) -> Result<Value<B>, ExecError> {
+    let Op::Call {
+        network, kind, ema, ..
+    } = &step.op
+    else {
+        return Err(err(step, "not a network call"));
+    };
+    let mut x = None;
+    let (mut keep, mut sigma) = (None, None);
+    for (port, v) in args {
+        match (port, v) {
+            (Port::Arg(0), v) => x = Some(v),
+            (Port::Kw("mask"), Value::Mask { keep: k, .. }) => keep = Some(k),
+            (Port::Kw("mask"), _) => return Err(err(step, "mask input is not a mask")),
+            (Port::Kw("cond"), Value::Sigma(s)) => sigma = Some(s),
+            (Port::Kw("cond"), _) => return Err(err(step, "cond input is not sigma")),
+            (port, _) => return Err(err(step, format!("unexpected input {port}"))),
+        }
+    }
+    let x = x.ok_or_else(|| err(step, "no input"))?;
+    if *ema {
+        let (_, _, teacher) = p
+            .teachers
+            .iter()
+            .find(|(n, _, _)| n == network)
+            .ok_or_else(|| err(step, format!("no EMA network `{network}`")))?;
+        call_inner::<B>(teacher, *kind, x, keep, sigma).map_err(|e| err(step, e))
+    } else {
+        let &i = p
+            .index
+            .get(network)
+            .ok_or_else(|| err(step, format!("no network `{network}`")))?;
+        call(&p.model.nets[i], *kind, x, keep, sigma).map_err(|e| err(step, e))
+    }
+}
+
+/// Runs a batch group's calls as one: each input stacked along the batch dimension (or read
+/// from `stacked` when an earlier group produced exactly it), one call, the output split back
+/// into the members' values. Member inputs match port by port (the compiler's grouping rule).
+fn run_group<B: AutodiffBackend>(
+    p: &Program<B>,
+    members: &[&Step],
+    values: &HashMap<String, Value<B>>,
+    stacked: &mut HashMap<Vec<String>, Value<B>>,
+) -> Result<Vec<(String, Value<B>)>, ExecError> {
+    let first = members.first().ok_or(ExecError::Step {
+        step: "batch group".into(),
+        what: "no members".into(),
+    })?;
+    let mut args = Vec::new();
+    let mut sizes = Vec::new();
+    for (k, input) in first.inputs.iter().enumerate() {
+        let names = members
+            .iter()
+            .map(|m| match m.inputs.get(k) {
+                Some(i) if i.port == input.port => Ok(i.value.clone()),
+                _ => Err(err(m, "batched with a call of different inputs")),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let parts = names
+            .iter()
+            .map(|n| {
+                values
+                    .get(n)
+                    .cloned()
+                    .ok_or_else(|| err(first, format!("`{n}` not computed")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if input.port == Port::Arg(0) {
+            sizes = parts.iter().map(Value::batch_len).collect();
+        }
+        let v = match stacked.get(&names) {
+            Some(v) => v.clone(),
+            None => {
+                let v = Value::cat(parts).map_err(|e| err(first, e))?;
+                stacked.insert(names, v.clone());
+                v
+            }
+        };
+        args.push((input.port.clone(), v));
+    }
+    let out = run_call(p, first, args)?;
+    let parts = out.clone().split(&sizes).map_err(|e| err(first, e))?;
+    let names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
+    stacked.insert(names.clone(), out);
+    Ok(names.into_iter().zip(parts).collect())
+}
+
+impl<B: Backend> Value<B> {
+    /// Images (or rows) in the batch.
+    fn batch_len(&self) -> usize {
+        match self {
+            Value::Image(t) => t.dims()[0],
+            Value::Tokens(t) => t.dims()[0],
+            Value::Emb(t) => t.dims()[0],
+            Value::Mask { keep, .. } => keep.dims()[0],
+            Value::Sigma(t) | Value::Scalar(t) => t.dims()[0],
+            Value::Labels(t) => t.dims()[0],
+        }
+    }
+
+    /// Values of one kind stacked along the batch dimension.
+    fn cat(parts: Vec<Value<B>>) -> Result<Value<B>, String> {
+        macro_rules! stack {
+            ($variant:ident) => {{
+                let ts = parts
+                    .into_iter()
+                    .map(|v| match v {
+                        Value::$variant(t) => Ok(t),
+                        _ => Err("batched inputs of different kinds".to_string()),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Value::$variant(Tensor::cat(ts, 0))
+            }};
+        }
+        Ok(match parts.first() {
+            Some(Value::Image(_)) => stack!(Image),
+            Some(Value::Tokens(_)) => stack!(Tokens),
+            Some(Value::Emb(_)) => stack!(Emb),
+            Some(Value::Sigma(_)) => stack!(Sigma),
+            Some(Value::Mask { .. }) => {
+                let (mut keeps, mut masks) = (Vec::new(), Vec::new());
+                for v in parts {
+                    let Value::Mask { keep, mask } = v else {
+                        return Err("batched inputs of different kinds".into());
+                    };
+                    keeps.push(keep);
+                    masks.push(mask);
+                }
+                Value::Mask {
+                    keep: Tensor::cat(keeps, 0),
+                    mask: Tensor::cat(masks, 0),
+                }
+            }
+            _ => return Err("these values are not batched".into()),
+        })
+    }
+
+    /// A network output split back along the batch dimension into parts of `sizes` images.
+    fn split(self, sizes: &[usize]) -> Result<Vec<Value<B>>, String> {
+        let total: usize = sizes.iter().sum();
+        if total != self.batch_len() {
+            return Err(format!(
+                "batched output has {} rows, its calls {total}",
+                self.batch_len()
+            ));
+        }
+        let mut out = Vec::with_capacity(sizes.len());
+        let mut at = 0;
+        for &n in sizes {
+            out.push(match &self {
+                Value::Tokens(t) => Value::Tokens(t.clone().narrow(0, at, n)),
+                Value::Emb(t) => Value::Emb(t.clone().narrow(0, at, n)),
+                Value::Image(t) => Value::Image(t.clone().narrow(0, at, n)),
+                _ => return Err("a network returned a value that cannot be split".into()),
+            });
+            at += n;
+        }
+        Ok(out)
+    }
 }
 
 /// A seeded RNG for step `step` of a run with `seed`, independent of the data RNG.

@@ -281,3 +281,91 @@ fn weight_decay_skips_exactly_biases_norms_and_tokens() {
         );
     }
 }
+
+/// Every parameter's gradient of `total`, flattened in visiting order (zeros where none).
+fn grads_flat(program: &Program<CpuTrain>, total: Tensor<CpuTrain, 1>) -> Vec<f32> {
+    struct G<'a>(
+        &'a <CpuTrain as burn::tensor::backend::AutodiffBackend>::Gradients,
+        Vec<f32>,
+    );
+    impl ModuleVisitor<CpuTrain> for G<'_> {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<CpuTrain, D>>) {
+            match p.val().grad(self.0) {
+                Some(g) => self
+                    .1
+                    .extend(g.into_data().convert::<f32>().to_vec::<f32>().expect("f32")),
+                None => self
+                    .1
+                    .extend(std::iter::repeat_n(0.0, p.val().shape().num_elements())),
+            }
+        }
+    }
+    let grads = total.backward();
+    let mut g = G(&grads, Vec::new());
+    program.model.visit(&mut g);
+    g.1
+}
+
+#[test]
+fn batched_calls_compute_what_separate_calls_do() {
+    // The compiler batches CAN's two encoder, decoder and projector calls (and MoCo v3's
+    // encoder and teacher calls, but not its BatchNorm MLPs); run both ways on one batch and
+    // one RNG stream, the losses and every gradient agree to float rounding.
+    for (spec, groups) in [("can", 3), ("mocov3", 2)] {
+        let plan = small(
+            spec,
+            &[
+                "network.decoder.dim=32",
+                "network.decoder.heads=2",
+                "network.decoder.depth=1",
+            ]
+            .into_iter()
+            .filter(|_| spec == "can")
+            .collect::<Vec<_>>(),
+        );
+        let batched: std::collections::BTreeSet<u32> =
+            plan.steps.iter().filter_map(|s| s.batch).collect();
+        assert_eq!(batched.len(), groups, "{spec}: batch groups");
+        let ds = data::load(&plan.data, None).expect("data");
+        let device = Default::default();
+        let mut program = Program::<CpuTrain>::new(plan, &device).expect("builds");
+        assert!(program.batch_calls, "batching is on by default");
+        let views = canc_runtime::train::view_steps(&program.plan);
+        let idx: Vec<usize> = (0..16).collect();
+        let batch = {
+            let b =
+                data::make_batch(&ds, &idx, &program.plan.views, &views, 0, 0, 0).expect("batch");
+            canc_runtime::train::to_tensors::<CpuTrain>(b, &device)
+        };
+        let mut run = |on: bool| {
+            program.batch_calls = on;
+            let mut rng = canc_runtime::exec::step_rng(0, 3);
+            let f = program.forward(&batch, &mut rng).expect("forward");
+            let terms: Vec<f32> = f
+                .terms
+                .iter()
+                .map(|(_, t)| t.clone().into_scalar())
+                .collect();
+            (terms, grads_flat(&program, f.total))
+        };
+        let (t1, g1) = run(true);
+        let (t0, g0) = run(false);
+        for (a, b) in t1.iter().zip(&t0) {
+            assert!(
+                (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                "{spec}: loss {a} vs {b}"
+            );
+        }
+        assert_eq!(g1.len(), g0.len());
+        let scale = g0.iter().fold(0f32, |m, g| m.max(g.abs()));
+        let worst = g1
+            .iter()
+            .zip(&g0)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(scale > 0.0, "{spec}: no gradient");
+        assert!(
+            worst <= 1e-4 * scale,
+            "{spec}: gradients differ by {worst} (max |g| {scale})"
+        );
+    }
+}
