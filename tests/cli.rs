@@ -174,14 +174,14 @@ fn unknown_device_is_a_usage_error() {
 /// stderr, and the precision the spec trains in (MFU is taken against that precision's peak).
 #[test]
 fn bench_json_reports_the_step_and_the_precision() {
-    let run = |spec: &str, extra: &[&str], flat_adamw: Option<&str>| {
+    let run = |spec: &str, extra: &[&str], env: Option<&str>| {
         let mut args = vec![
             "bench", spec, "--batch", "2", "--steps", "2", "--warmup", "1", "--json",
         ];
         args.extend_from_slice(extra);
         let mut cmd = canc();
-        if let Some(v) = flat_adamw {
-            cmd.env("CANC_FLAT_ADAMW", v);
+        if let Some(v) = env {
+            cmd.env("CANC_FLAT_ADAMW", v).env("CANC_BATCH_CALLS", v);
         }
         let out = cmd.args(&args).assert().success();
         let o = out.get_output();
@@ -194,8 +194,8 @@ fn bench_json_reports_the_step_and_the_precision() {
     assert_eq!(v["precision"], "f32");
     // The CPU's default AdamW is Burn's, a tensor at a time.
     assert_eq!(v["optimizer"], "adamw (per tensor)");
-    // Encoder, decoder and projector each run once for both views.
-    assert_eq!(v["network_calls"], 3);
+    // The CPU runs each view's encoder, decoder and projector call on its own by default.
+    assert_eq!(v["network_calls"], 6);
     assert_eq!(v["batch"], 2);
     assert!(v["images_per_s"].as_f64().is_some_and(|x| x > 0.0), "{v}");
     assert!(
@@ -205,7 +205,8 @@ fn bench_json_reports_the_step_and_the_precision() {
     assert!(stderr.contains("step 1/3 (warm-up)"), "{stderr}");
     assert!(stderr.contains("step 3/3 (timed)"), "{stderr}");
     // A throughput model on synthetic RGB data, in bf16 (shrunk to two blocks for the test),
-    // with the flat AdamW that GPUs default to.
+    // with the flat AdamW and batched calls that GPUs default to: encoder, decoder and
+    // projector each run once for both views.
     let (v, _) = run(
         "bench/specs/vit_s4_32.canspec",
         &[
@@ -218,5 +219,6 @@ fn bench_json_reports_the_step_and_the_precision() {
     );
     assert_eq!(v["precision"], "bf16");
     assert_eq!(v["optimizer"], "adamw (flat)");
+    assert_eq!(v["network_calls"], 3);
     assert_eq!(v["spec"], "vit_s4_32");
 }

@@ -69,8 +69,8 @@ pub struct Program<B: AutodiffBackend> {
     pub teachers: Vec<(String, usize, Network<B::InnerBackend>)>,
     /// Where the networks live; masks and noise are created here.
     pub device: B::Device,
-    /// Run the plan's batched calls as one call each (the default; `CANC_BATCH_CALLS=0` in the
-    /// environment runs them one by one, to compare).
+    /// Run the plan's batched calls as one call each, or one by one: [`batch_calls`] decides
+    /// the default.
     pub batch_calls: bool,
 }
 
@@ -155,7 +155,7 @@ impl<B: AutodiffBackend> Program<B> {
             index,
             teachers,
             device: device.clone(),
-            batch_calls: std::env::var("CANC_BATCH_CALLS").map_or(true, |v| v != "0"),
+            batch_calls: batch_calls::<B>(),
         })
     }
 
@@ -220,6 +220,18 @@ impl<B: Backend> ModuleMapper<B> for Ema<B> {
             let shape = t.shape();
             t.mul_scalar(m) + src.reshape(shape).mul_scalar(1.0 - m)
         })
+    }
+}
+
+/// Whether a program runs the plan's batched calls as one call each: `CANC_BATCH_CALLS=1` /
+/// `=0` in the environment decides; without it, on GPUs (a step launches each layer's kernels
+/// once for all the views) and not on the CPU, where the stacked activations measured slower
+/// (BENCHMARKS.md). Both compute the same values.
+pub fn batch_calls<B: Backend>() -> bool {
+    match std::env::var("CANC_BATCH_CALLS").as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => std::any::TypeId::of::<B>() != std::any::TypeId::of::<crate::backend::CpuTrain>(),
     }
 }
 

@@ -329,7 +329,6 @@ fn batched_calls_compute_what_separate_calls_do() {
         let ds = data::load(&plan.data, None).expect("data");
         let device = Default::default();
         let mut program = Program::<CpuTrain>::new(plan, &device).expect("builds");
-        assert!(program.batch_calls, "batching is on by default");
         let views = canc_runtime::train::view_steps(&program.plan);
         let idx: Vec<usize> = (0..16).collect();
         let batch = {
