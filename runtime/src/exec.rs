@@ -12,6 +12,7 @@ use canc_compiler::plan::{Plan, Role, Step};
 use canc_compiler::shape::Fact;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+use rand_distr::StandardNormal;
 use std::collections::HashMap;
 
 /// Errors while executing a plan.
@@ -247,15 +248,26 @@ fn sample(d: &Dist, rng: &mut StdRng) -> f64 {
         Dist::Const(x) => x,
         Dist::Uniform(a, b) => a + (b - a) * rng.random::<f64>(),
         Dist::LogUniform(a, b) => (a.ln() + (b.ln() - a.ln()) * rng.random::<f64>()).exp(),
-        Dist::Normal(m, s) => m + s * normal(rng),
+        Dist::Normal(m, s) => m + s * rng.sample::<f64, _>(StandardNormal),
     }
 }
 
-/// A standard normal draw (Box–Muller).
-fn normal(rng: &mut StdRng) -> f64 {
-    let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
-    let u2: f64 = rng.random();
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+/// `add_noise`'s draws for `images` images of `per` values each: a noise level per image from
+/// `sigma`, then `per` values `sigma · eps`, eps ~ N(0, 1) (ziggurat sampling, in f32: about
+/// a tenth of the time of the f64 Box–Muller it replaced, which took ~10 ms of host time per
+/// view of 256 Fashion-MNIST images, on a GPU too). Deterministic given `rng`.
+pub fn draw_noise(
+    images: usize,
+    per: usize,
+    sigma: &Dist,
+    rng: &mut StdRng,
+) -> (Vec<f32>, Vec<f32>) {
+    let sig: Vec<f32> = (0..images).map(|_| sample(sigma, rng) as f32).collect();
+    let mut eps = Vec::with_capacity(images * per);
+    for &s in &sig {
+        eps.extend((0..per).map(|_| s * rng.sample::<f32, _>(StandardNormal)));
+    }
+    (sig, eps)
 }
 
 fn forward<B: AutodiffBackend>(
@@ -330,12 +342,7 @@ fn forward<B: AutodiffBackend>(
                     return Err(err(step, "add_noise needs images"));
                 };
                 let [b, c, h, w] = x.dims();
-                let sig: Vec<f32> = (0..b).map(|_| sample(sigma, rng) as f32).collect();
-                let per = c * h * w;
-                let mut eps = Vec::with_capacity(b * per);
-                for s in &sig {
-                    eps.extend((0..per).map(|_| (*s as f64 * normal(rng)) as f32));
-                }
+                let (sig, eps) = draw_noise(b, c * h * w, sigma, rng);
                 let noise = Tensor::<B, 4>::from_data(TensorData::new(eps, [b, c, h, w]), &device);
                 let sigma = Tensor::<B, 1>::from_data(TensorData::new(sig, [b]), &device);
                 vec![
