@@ -140,26 +140,11 @@ fn couples_batch(net: &NetworkPlan) -> bool {
 
 /// A fact without its provenance (which mask's visible positions): only the shape matters.
 fn shape(f: &Fact) -> Fact {
-    match f {
-        Fact::Tokens {
-            n,
-            grid,
-            cls,
-            dim,
-            patch,
-            channels,
-            ..
-        } => Fact::Tokens {
-            n: *n,
-            grid: *grid,
-            cls: *cls,
-            dim: *dim,
-            patch: *patch,
-            channels: *channels,
-            visible_of: None,
-        },
-        other => other.clone(),
+    let mut f = f.clone();
+    if let Fact::Tokens { visible_of, .. } = &mut f {
+        *visible_of = None;
     }
+    f
 }
 
 /// A topological order of the steps with each group contracted to one node (members in their
