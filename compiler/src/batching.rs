@@ -8,9 +8,10 @@
 //! changes no value, only how the work is split into calls.
 
 use crate::ir::{NetKind, Op, Port};
-use crate::plan::{NetworkPlan, Step};
+use crate::plan::{NetworkPlan, Step, producer};
 use crate::resolved::RValue;
 use crate::shape::Fact;
+use indexmap::IndexMap;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
@@ -19,22 +20,19 @@ use std::collections::{BinaryHeap, HashMap};
 /// unchanged.
 pub fn batch_calls(steps: Vec<Step>, networks: &[NetworkPlan]) -> Vec<Step> {
     let n = steps.len();
-    let index: HashMap<&str, usize> = steps
+    let index: IndexMap<&str, usize> = steps
         .iter()
         .enumerate()
         .map(|(i, s)| (s.name.as_str(), i))
         .collect();
-    // Each input's producing step and output (`n1.sigma`: step `n1`, output `sigma`).
-    let producer = |value: &str| -> Option<Source> {
-        if let Some(&i) = index.get(value) {
-            return Some((i, None));
-        }
-        let (name, output) = value.rsplit_once('.')?;
-        index.get(name).map(|&i| (i, Some(output.to_string())))
-    };
     let sources: Vec<Vec<Option<Source>>> = steps
         .iter()
-        .map(|s| s.inputs.iter().map(|i| producer(&i.value)).collect())
+        .map(|s| {
+            s.inputs
+                .iter()
+                .map(|i| producer(&index, &i.value))
+                .collect()
+        })
         .collect();
     let deps: Vec<Vec<usize>> = sources
         .iter()
@@ -90,7 +88,7 @@ pub fn batch_calls(steps: Vec<Step>, networks: &[NetworkPlan]) -> Vec<Step> {
 }
 
 /// A value's producing step (index) and its named output, if any.
-type Source = (usize, Option<String>);
+type Source<'a> = (usize, Option<&'a str>);
 
 /// What must be equal for two calls to share one: the network (and whether it is an EMA copy),
 /// and each input's port, producer output and shape.
@@ -119,8 +117,12 @@ fn call_key(
         .iter()
         .zip(sources)
         .map(|(i, src)| {
-            let (p, output) = src.clone()?;
-            Some((i.port.clone(), output, shape(&steps[p].out)))
+            let (p, output) = (*src)?;
+            Some((
+                i.port.clone(),
+                output.map(str::to_string),
+                shape(&steps[p].out),
+            ))
         })
         .collect::<Option<Vec<_>>>()?;
     Some(CallKey {

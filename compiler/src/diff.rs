@@ -475,19 +475,16 @@ fn graph(sa: &ResolvedSpec, pa: &Plan, sb: &ResolvedSpec, pb: &Plan) -> Vec<Line
             .collect()
     };
     let (ga, gb) = (common_groups(pa, pa, pb), common_groups(pb, pa, pb));
-    for g in ga.iter().filter(|g| !gb.contains(g)) {
-        let calls = g.join(" + ");
-        out.push(Line::change(
-            "graph",
-            format!("calls {calls}: one batched call → one call each"),
-        ));
-    }
-    for g in gb.iter().filter(|g| !ga.contains(g)) {
-        let calls = g.join(" + ");
-        out.push(Line::change(
-            "graph",
-            format!("calls {calls}: one call each → one batched call"),
-        ));
+    for (from, to, change) in [
+        (&ga, &gb, "one batched call → one call each"),
+        (&gb, &ga, "one call each → one batched call"),
+    ] {
+        for g in from.iter().filter(|g| !to.contains(g)) {
+            out.push(Line::change(
+                "graph",
+                format!("calls {}: {change}", g.join(" + ")),
+            ));
+        }
     }
     if ga == gb && order(pa, pb) != order(pb, pa) {
         out.push(Line::change("graph", "execution order changed"));

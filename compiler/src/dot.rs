@@ -330,7 +330,7 @@ impl Picture {
                 });
             }
             for input in &step.inputs {
-                let Some((src, output)) = producer(&step_id, &input.value) else {
+                let Some((src, output)) = crate::plan::producer(&step_id, &input.value) else {
                     continue;
                 };
                 let label = match (&input.port, output) {
@@ -389,14 +389,6 @@ impl Picture {
 }
 
 /// The step producing `value` (`n1` or `n1.sigma`) and the output read, if not the main one.
-fn producer<'a>(steps: &IndexMap<&str, usize>, value: &'a str) -> Option<(usize, Option<&'a str>)> {
-    if let Some(&i) = steps.get(value) {
-        return Some((i, None));
-    }
-    let (name, output) = value.rsplit_once('.')?;
-    steps.get(name).map(|&i| (i, Some(output)))
-}
-
 fn step_kind(plan: &Plan, step: &Step, term: bool) -> Kind {
     match &step.op {
         Op::View { .. } | Op::Labels | Op::AddNoise { .. } | Op::Mask { .. } => Kind::Input,

@@ -387,6 +387,19 @@ pub fn plan(spec: &ResolvedSpec, g: &LossGraph, info: &GraphInfo) -> Plan {
     }
 }
 
+/// The step (index in `steps`, a name → index map) that computes `value`, and its named output:
+/// `n1` is step `n1`'s main output, `n1.sigma` its output `sigma`.
+pub(crate) fn producer<'a>(
+    steps: &IndexMap<&str, usize>,
+    value: &'a str,
+) -> Option<(usize, Option<&'a str>)> {
+    if let Some(&i) = steps.get(value) {
+        return Some((i, None));
+    }
+    let (name, output) = value.rsplit_once('.')?;
+    steps.get(name).map(|&i| (i, Some(output)))
+}
+
 /// What an op draws from the step's RNG, in words.
 fn rng_draw(op: &Op, out: &Fact) -> Option<String> {
     match (op, out) {

@@ -106,6 +106,17 @@ impl fmt::Display for DeviceSpec {
     }
 }
 
+/// A GPU-only speed setting of training backend `B`: `var=1` / `=0` in the environment decides;
+/// without it, on for every backend but the CPU's (for changes that cut GPU kernel launches and
+/// measured slower on the CPU).
+pub fn gpu_default<B: 'static>(var: &str) -> bool {
+    match std::env::var(var).as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => std::any::TypeId::of::<B>() != std::any::TypeId::of::<CpuTrain>(),
+    }
+}
+
 /// Whether an NVIDIA driver is visible (`/proc/driver/nvidia/version` or `libcuda`), checked
 /// before Burn would panic on a missing GPU.
 pub fn cuda_driver_present() -> bool {

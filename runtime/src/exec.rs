@@ -229,11 +229,7 @@ impl<B: Backend> ModuleMapper<B> for Ema<B> {
 /// once for all the views) and not on the CPU, where the stacked activations measured slower
 /// (BENCHMARKS.md). Both compute the same values.
 pub fn batch_calls<B: Backend>() -> bool {
-    match std::env::var("CANC_BATCH_CALLS").as_deref() {
-        Ok("1") => true,
-        Ok("0") => false,
-        _ => std::any::TypeId::of::<B>() != std::any::TypeId::of::<crate::backend::CpuTrain>(),
-    }
+    crate::backend::gpu_default::<B>("CANC_BATCH_CALLS")
 }
 
 fn err(step: &Step, what: impl Into<String>) -> ExecError {

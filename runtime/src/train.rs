@@ -331,11 +331,7 @@ fn optimizers<B: AutodiffBackend>(plan: &Plan, flat: Option<bool>) -> Opt<B> {
 /// extra passes over memory measured slower (optimizer phase 39–44 ms vs 16–17 ms per CAN
 /// step, batch 64). Both give bitwise-identical weights and the same checkpoint record.
 fn flat_adamw<B: AutodiffBackend>() -> bool {
-    match std::env::var("CANC_FLAT_ADAMW").as_deref() {
-        Ok("1") => true,
-        Ok("0") => false,
-        _ => std::any::TypeId::of::<B>() != std::any::TypeId::of::<crate::backend::CpuTrain>(),
-    }
+    crate::backend::gpu_default::<B>("CANC_FLAT_ADAMW")
 }
 
 /// Converts a data batch to tensors on `device`.
