@@ -162,15 +162,18 @@ impl<B: AutodiffBackend> Program<B> {
 
     /// Moves every teacher towards its source: `t ← m·t + (1 − m)·s`, for `momentum(name)`.
     pub fn update_teachers(&mut self, momentum: impl Fn(&str) -> f64) {
-        for (name, src, teacher) in &mut self.teachers {
-            let m = momentum(name);
+        // Each teacher is moved out and back rather than cloned, so that on the CPU its
+        // weights are rewritten in place (a clone would share, and so copy, every buffer).
+        let teachers = std::mem::take(&mut self.teachers);
+        for (name, src, teacher) in teachers {
             let mut collect = Collect::<B::InnerBackend>(Vec::new());
-            self.model.nets[*src].valid().visit(&mut collect);
+            self.model.nets[src].valid().visit(&mut collect);
             let mut mapper = Ema {
                 source: collect.0.into_iter(),
-                m,
+                m: momentum(&name),
             };
-            *teacher = teacher.clone().map(&mut mapper);
+            let teacher = teacher.map(&mut mapper);
+            self.teachers.push((name, src, teacher));
         }
     }
 
@@ -217,10 +220,7 @@ impl<B: Backend> ModuleMapper<B> for Ema<B> {
             return param;
         };
         let m = self.m;
-        param.map(|t| {
-            let shape = t.shape();
-            t.mul_scalar(m) + src.reshape(shape).mul_scalar(1.0 - m)
-        })
+        param.map(|t| crate::ops::ema_update(t, src, m))
     }
 }
 

@@ -6,6 +6,7 @@
 //!      optimizer step (AdamW groups, warm-up + cosine) ─▶ EMA update ─▶ metrics
 //! ```
 
+pub mod adamw;
 pub mod backend;
 pub mod checkpoint;
 pub mod cubecl_config;

@@ -9,9 +9,7 @@ use burn::module::Module;
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{
-    AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer, Sgd, SgdConfig,
-};
+use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer, Sgd, SgdConfig};
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{FloatDType, Int, Tensor, TensorData};
@@ -189,14 +187,15 @@ pub struct StepLog {
     pub extra: Vec<(String, f64)>,
 }
 
-type Adam<B> = OptimizerAdaptor<AdamW, exec::Nets<B>, B>;
+type Adam<B> = OptimizerAdaptor<crate::adamw::PerTensorAdamW, exec::Nets<B>, B>;
 type FlatAdam<B> = crate::optim::FlatAdamW<exec::Nets<B>, B>;
 type Sgd_<B> = OptimizerAdaptor<Sgd<<B as AutodiffBackend>::InnerBackend>, exec::Nets<B>, B>;
 
 /// The optimizer a plan's settings describe, as two parameter groups: with weight decay, and
 /// without (biases, norms, position/CLS/mask tokens).
 enum Opt<B: AutodiffBackend> {
-    /// Burn's AdamW, a parameter tensor at a time (the CPU's default: see [`flat_adamw`]).
+    /// AdamW a parameter tensor at a time, in place on the CPU (the CPU's default: see
+    /// [`flat_adamw`]).
     AdamW(Adam<B>, Adam<B>),
     /// The same AdamW on each group as one flat tensor (GPUs' default).
     FlatAdamW(FlatAdam<B>, FlatAdam<B>),
@@ -314,14 +313,7 @@ fn optimizers<B: AutodiffBackend>(plan: &Plan, flat: Option<bool>) -> Opt<B> {
         let mk = |wd: f64| FlatAdam::<B>::new(b1, b2, eps, wd as f32);
         return Opt::FlatAdamW(mk(wd), mk(0.0));
     }
-    let mk = |wd: f64| {
-        AdamWConfig::new()
-            .with_beta_1(b1)
-            .with_beta_2(b2)
-            .with_epsilon(eps)
-            .with_weight_decay(wd as f32)
-            .init::<B, exec::Nets<B>>()
-    };
+    let mk = |wd: f64| crate::adamw::PerTensorAdamW::new(b1, b2, eps, wd as f32).init();
     Opt::AdamW(mk(wd), mk(0.0))
 }
 

@@ -19,6 +19,7 @@
 //! bias and the product into one buffer and computes all three gradients in one step.
 
 pub mod gemm;
+pub mod inplace;
 pub mod kernels;
 pub mod reference;
 pub mod tensor_ad;
@@ -185,6 +186,98 @@ pub fn attention<B: Backend>(qkv: Tensor<B, 3>, heads: usize) -> Tensor<B, 3> {
 /// input only).
 pub fn fused_attention<B: Backend>() -> bool {
     same::<B, CpuTrain>() || same::<B, Cpu>()
+}
+
+/// One AdamW step of a parameter tensor, Burn's `AdamW` arithmetic with the scalars of `s`:
+/// `(weights, first moment, second moment)` after the step from the weights `p`, gradient `g`
+/// and the moments before it (`None` on the tensor's first step, which `s.first` must say).
+/// On the CPU backend with f32 tensors one pass rewrites the weights and moments in place
+/// ([`inplace::adamw`]); elsewhere Burn's ops compute it (bitwise the same values).
+pub fn adamw_update<B: Backend, const D: usize>(
+    p: Tensor<B, D>,
+    g: Tensor<B, D>,
+    moments: Option<(Tensor<B, D>, Tensor<B, D>)>,
+    s: &inplace::AdamWStep,
+) -> (Tensor<B, D>, Tensor<B, D>, Tensor<B, D>) {
+    if same::<B, Cpu>() {
+        let prim = |t: Tensor<B, D>| back::<_, Tensor<Cpu, D>>(t).into_primitive().tensor();
+        let (pp, gp) = (prim(p), prim(g));
+        let mp = moments.map(|(a, b)| (prim(a), prim(b)));
+        let f32s = pp.dtype() == DType::F32
+            && gp.dtype() == DType::F32
+            && mp
+                .as_ref()
+                .is_none_or(|(a, b)| a.dtype() == DType::F32 && b.dtype() == DType::F32);
+        let shape = pp.shape();
+        let n = shape.num_elements();
+        let same_len = gp.shape().num_elements() == n
+            && mp.as_ref().is_none_or(|(a, b)| {
+                a.shape().num_elements() == n && b.shape().num_elements() == n
+            });
+        if f32s && same_len {
+            let gc = gp.to_contiguous();
+            let mut w = owned(pp);
+            let (mut m1, mut m2) = match mp {
+                Some((a, b)) => (owned(a), owned(b)),
+                None => (
+                    FlexTensor::zeros(shape.clone(), DType::F32),
+                    FlexTensor::zeros(shape.clone(), DType::F32),
+                ),
+            };
+            inplace::adamw(
+                &mut w.storage_mut::<f32>()[..n],
+                slice(&gc),
+                &mut m1.storage_mut::<f32>()[..n],
+                &mut m2.storage_mut::<f32>()[..n],
+                s,
+            );
+            let out = |t: FlexTensor| back::<_, Tensor<B, D>>(float::<D>(t));
+            return (out(w), out(m1), out(m2));
+        }
+        let t = |p: FlexTensor| back::<_, Tensor<B, D>>(float::<D>(p));
+        return reference::adamw(t(pp), t(gp), mp.map(|(a, b)| (t(a), t(b))), s);
+    }
+    reference::adamw(p, g, moments, s)
+}
+
+/// The EMA step of a teacher's parameter tensor `t` towards the matching source parameter `s`
+/// (flattened): `t·m + s·(1 − m)`. On the CPU backend with f32 tensors one pass rewrites `t`
+/// in place ([`inplace::ema`]); elsewhere Burn's three ops compute it (bitwise the same).
+pub fn ema_update<B: Backend, const D: usize>(
+    t: Tensor<B, D>,
+    s: Tensor<B, 1>,
+    m: f64,
+) -> Tensor<B, D> {
+    let shape = t.shape();
+    if same::<B, Cpu>() && shape.num_elements() == s.shape().num_elements() {
+        let tp = back::<_, Tensor<Cpu, D>>(t).into_primitive().tensor();
+        let sp = back::<_, Tensor<Cpu, 1>>(s).into_primitive().tensor();
+        if tp.dtype() == DType::F32 && sp.dtype() == DType::F32 {
+            let n = shape.num_elements();
+            let sc = sp.to_contiguous();
+            let mut w = owned(tp);
+            inplace::ema(
+                &mut w.storage_mut::<f32>()[..n],
+                slice(&sc),
+                m as f32,
+                (1.0 - m) as f32,
+            );
+            return back(float::<D>(w));
+        }
+        let (t, s) = (back(float::<D>(tp)), back(float::<1>(sp)));
+        return reference::ema(t, s, m);
+    }
+    reference::ema(t, s, m)
+}
+
+/// `t` as a contiguous tensor at offset 0 whose buffer is exactly its elements: `t` itself when
+/// it is one (then [`FlexTensor::storage_mut`] rewrites it in place if no other tensor shares
+/// the buffer), a copy otherwise.
+fn owned(t: FlexTensor) -> FlexTensor {
+    let exact = t.is_contiguous()
+        && t.layout().start_offset() == 0
+        && t.bytes().len() == t.shape().num_elements() * t.dtype().size();
+    if exact { t } else { t.to_contiguous() }
 }
 
 /// Whether `A` and `B` are the same type and the fused kernels are on ([`fused_enabled`]).

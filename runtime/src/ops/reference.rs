@@ -60,3 +60,42 @@ pub fn attention<B: Backend>(qkv: Tensor<B, 3>, heads: usize) -> Tensor<B, 3> {
     // [B, heads, T, dh] -> [B, T, d]
     o.swap_dims(1, 2).reshape([b, t, d])
 }
+
+/// One AdamW step as Burn's `AdamW` computes it, op for op: `(weights, first moment, second
+/// moment)` (see [`super::adamw_update`]).
+pub fn adamw<B: Backend, const D: usize>(
+    p: Tensor<B, D>,
+    g: Tensor<B, D>,
+    moments: Option<(Tensor<B, D>, Tensor<B, D>)>,
+    s: &super::inplace::AdamWStep,
+) -> (Tensor<B, D>, Tensor<B, D>, Tensor<B, D>) {
+    let (m1, m2) = match moments {
+        Some((m1, m2)) if !s.first => (
+            m1.mul_scalar(s.beta_1)
+                .add(g.clone().mul_scalar(s.factor_1)),
+            m2.mul_scalar(s.beta_2)
+                .add(g.square().mul_scalar(s.factor_2)),
+        ),
+        _ => (
+            g.clone().mul_scalar(s.factor_1),
+            g.square().mul_scalar(s.factor_2),
+        ),
+    };
+    let delta = m1.clone().div_scalar(s.correction_1).div(
+        m2.clone()
+            .div_scalar(s.correction_2)
+            .sqrt()
+            .add_scalar(s.epsilon),
+    );
+    let w = match s.decay {
+        Some(k) => p.mul_scalar(k),
+        None => p,
+    };
+    (w - delta.mul_scalar(s.lr), m1, m2)
+}
+
+/// The EMA step `t·m + s·(1 − m)` with Burn's ops (`s` flattened).
+pub fn ema<B: Backend, const D: usize>(t: Tensor<B, D>, s: Tensor<B, 1>, m: f64) -> Tensor<B, D> {
+    let shape = t.shape();
+    t.mul_scalar(m) + s.reshape(shape).mul_scalar(1.0 - m)
+}
