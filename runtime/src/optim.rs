@@ -6,12 +6,13 @@
 //! flat buffer (one copy per tensor), runs the same ops once on it, and hands each network its
 //! updated weights as views of the result (segments are padded to 128 elements, 512 bytes, so
 //! CubeCL's slices are views, not copies): `2·n + 17` ops per group and step (CAN: 265). On
-//! the CPU it measured slower than Burn's (BENCHMARKS.md), which the CPU keeps by default
-//! ([`crate::train::RunOptions::flat_adamw`]).
+//! the CPU its copies into and out of the flat buffers measured slower (BENCHMARKS.md), and
+//! the CPU steps each tensor in place instead ([`crate::adamw::PerTensorAdamW`]; see
+//! [`crate::train::RunOptions::flat_adamw`]).
 //!
 //! The arithmetic is Burn's AdamW op for op (same order, same f32 scalars), so the weights are
 //! bitwise equal to what Burn's optimizer gives; its state is stored as Burn's per-parameter
-//! record, so checkpoints written by either resume in the other.
+//! record ([`AdamWRecord`]), so checkpoints written by either resume in the other.
 
 use std::collections::HashMap;
 use std::marker::PhantomData;

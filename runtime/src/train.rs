@@ -93,7 +93,7 @@ pub struct RunOptions {
     /// What `canc bench` does, as the PyTorch reference does; a no-op on the CPU.
     pub sync_phases: bool,
     /// AdamW on each parameter group as one flat tensor ([`crate::optim::FlatAdamW`]) or a
-    /// tensor at a time (Burn's); `None`: `CANC_FLAT_ADAMW`, else flat on GPUs only. Both give
+    /// tensor at a time ([`crate::adamw::PerTensorAdamW`]); `None`: `CANC_FLAT_ADAMW`, else flat on GPUs only. Both give
     /// the same weights and checkpoints.
     pub flat_adamw: Option<bool>,
 }
@@ -321,7 +321,8 @@ fn optimizers<B: AutodiffBackend>(plan: &Plan, flat: Option<bool>) -> Opt<B> {
 /// when [`RunOptions::flat_adamw`] does not say: `CANC_FLAT_ADAMW=1` / `=0` in the environment decides; without it, on GPUs (15 kernel
 /// launches per parameter tensor become about 2) and not on the CPU, where the flat buffers'
 /// extra passes over memory measured slower (optimizer phase 39–44 ms vs 16–17 ms per CAN
-/// step, batch 64). Both give bitwise-identical weights and the same checkpoint record.
+/// step, batch 64, for Burn's per-tensor AdamW; canc's in-place one is faster still). Both give
+/// bitwise-identical weights and the same checkpoint record.
 fn flat_adamw<B: AutodiffBackend>() -> bool {
     crate::backend::gpu_default::<B>("CANC_FLAT_ADAMW")
 }
