@@ -13,6 +13,14 @@ const TRIM_THRESHOLD: i32 = i32::MAX;
 /// Extra heap requested on each growth.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const TOP_PAD: i32 = 64 << 20;
+/// One malloc arena for all threads. With glibc's default (up to 8 per core) each rayon
+/// worker allocates from its own arena, a tensor freed by another thread goes back to the
+/// arena that made it, and each arena grows its own fresh (page-faulted, kernel-zeroed)
+/// memory: the CAN step at batch 256 faulted in about 150k pages per step and its forward
+/// pass took 2.0–2.2 s; with one arena 1.4–1.5 s (BENCHMARKS.md). Tensors are allocated a
+/// few at a time per op, so one arena's lock is not contended.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const ARENA_MAX: i32 = 1;
 
 /// Applies the settings above, unless the user chose their own (`GLIBC_TUNABLES` set) or
 /// opted out (`CANC_MALLOC_DEFAULTS=1`). Returns whether they were applied.
@@ -34,6 +42,7 @@ fn apply() -> bool {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
             && libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
             && libc::mallopt(libc::M_TOP_PAD, TOP_PAD) == 1
+            && libc::mallopt(libc::M_ARENA_MAX, ARENA_MAX) == 1
     }
 }
 

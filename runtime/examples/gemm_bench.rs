@@ -4,7 +4,7 @@
 //!
 //!     cargo run --release -p canc-runtime --example gemm_bench
 
-use canc_runtime::ops::gemm::{MatRef, linear_backward, matmul_into};
+use canc_runtime::ops::gemm::{MatRef, linear, linear_backward, matmul_into};
 
 #[path = "common/timing.rs"]
 mod timing;
@@ -34,6 +34,23 @@ fn main() {
             "{m} {k} {n} {:.1} GFLOP/s",
             2.0 * (m * k * n) as f64 / dt / 1e9
         );
+    }
+    // The Linear forward (bias included) of a block's four layers, at the token counts of a
+    // batch of 64 and of 256 (CAN's encoder: 26 tokens per image).
+    for m in [1664, 6656] {
+        for (k, n) in [(192, 576), (192, 192), (192, 768), (768, 192)] {
+            let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
+            let w: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i % 3) as f32 * 0.1).collect();
+            let dt = best_time(20, || {
+                std::hint::black_box(linear(&x, &w, Some(&b), m, k, n));
+            });
+            println!(
+                "linear forward {m} {k} {n}: {:.3} ms, {:.1} GFLOP/s",
+                dt * 1e3,
+                2.0 * (m * k * n) as f64 / dt / 1e9
+            );
+        }
     }
     // The Linear backward (dx and dw, plus db) of each of a block's four layers.
     for (k, n) in [(192, 576), (192, 192), (192, 768), (768, 192)] {
