@@ -388,7 +388,6 @@ impl Picture {
     }
 }
 
-/// The step producing `value` (`n1` or `n1.sigma`) and the output read, if not the main one.
 fn step_kind(plan: &Plan, step: &Step, term: bool) -> Kind {
     match &step.op {
         Op::View { .. } | Op::Labels | Op::AddNoise { .. } | Op::Mask { .. } => Kind::Input,

@@ -57,10 +57,7 @@ impl<B: Backend> SimpleOptimizer<B> for PerTensorAdamW {
             None => (1, None),
         };
         let hyper = (self.beta_1, self.beta_2, self.epsilon, self.weight_decay);
-        let step = AdamWStep {
-            first: moments.is_none(),
-            ..AdamWStep::new(hyper, lr, time)
-        };
+        let step = AdamWStep::new(hyper, lr, time);
         let (w, m1, m2) = adamw_update(tensor, grad, moments, &step);
         let state = AdamWState::new(AdaptiveMomentumState::new(time, m1, m2));
         (w, Some(state))

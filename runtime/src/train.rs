@@ -93,8 +93,8 @@ pub struct RunOptions {
     /// What `canc bench` does, as the PyTorch reference does; a no-op on the CPU.
     pub sync_phases: bool,
     /// AdamW on each parameter group as one flat tensor ([`crate::optim::FlatAdamW`]) or a
-    /// tensor at a time ([`crate::adamw::PerTensorAdamW`]); `None`: `CANC_FLAT_ADAMW`, else flat on GPUs only. Both give
-    /// the same weights and checkpoints.
+    /// tensor at a time ([`crate::adamw::PerTensorAdamW`]); `None`: `CANC_FLAT_ADAMW`, else
+    /// flat on GPUs only. Both give the same weights and checkpoints.
     pub flat_adamw: Option<bool>,
 }
 

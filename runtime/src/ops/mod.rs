@@ -190,7 +190,8 @@ pub fn fused_attention<B: Backend>() -> bool {
 
 /// One AdamW step of a parameter tensor, Burn's `AdamW` arithmetic with the scalars of `s`:
 /// `(weights, first moment, second moment)` after the step from the weights `p`, gradient `g`
-/// and the moments before it (`None` on the tensor's first step, which `s.first` must say).
+/// and the moments before it (`None` on the tensor's first step, for which `s` is
+/// [`inplace::AdamWStep::new`] at time 1).
 /// On the CPU backend with f32 tensors one pass rewrites the weights and moments in place
 /// ([`inplace::adamw`]); elsewhere Burn's ops compute it (bitwise the same values).
 pub fn adamw_update<B: Backend, const D: usize>(
@@ -201,6 +202,7 @@ pub fn adamw_update<B: Backend, const D: usize>(
 ) -> (Tensor<B, D>, Tensor<B, D>, Tensor<B, D>) {
     if same::<B, Cpu>() {
         let prim = |t: Tensor<B, D>| back::<_, Tensor<Cpu, D>>(t).into_primitive().tensor();
+        let out = |t: FlexTensor| back::<_, Tensor<B, D>>(float::<D>(t));
         let (pp, gp) = (prim(p), prim(g));
         let mp = moments.map(|(a, b)| (prim(a), prim(b)));
         let f32s = pp.dtype() == DType::F32
@@ -231,11 +233,9 @@ pub fn adamw_update<B: Backend, const D: usize>(
                 &mut m2.storage_mut::<f32>()[..n],
                 s,
             );
-            let out = |t: FlexTensor| back::<_, Tensor<B, D>>(float::<D>(t));
             return (out(w), out(m1), out(m2));
         }
-        let t = |p: FlexTensor| back::<_, Tensor<B, D>>(float::<D>(p));
-        return reference::adamw(t(pp), t(gp), mp.map(|(a, b)| (t(a), t(b))), s);
+        return reference::adamw(out(pp), out(gp), mp.map(|(a, b)| (out(a), out(b))), s);
     }
     reference::adamw(p, g, moments, s)
 }
