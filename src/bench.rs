@@ -49,7 +49,9 @@ const SYNC_PHASES: bool = true;
 /// Asks CubeCL for the per-kernel profile in `file`, or says why it cannot be had.
 fn kernel_profile(file: &std::path::Path, device: DeviceSpec) -> Result<(), String> {
     if device == DeviceSpec::Cpu {
-        return Err("--kernel-profile profiles CUDA kernels: add --device cuda".into());
+        return Err(
+            "--kernel-profile profiles GPU kernels: add --device cuda or --device wgpu".into(),
+        );
     }
     canc_runtime::cubecl_config::profile_kernels_to(file.to_path_buf())
         .map_err(|e| format!("--kernel-profile: {e}"))?;
@@ -73,12 +75,15 @@ struct Measure<'a> {
     warmup: u64,
     /// Read the GPU memory this process holds after the steps.
     gpu: bool,
+    /// CubeCL's kernel profile, whose tables written before the first timed step are the
+    /// warm-up's (and set-up's).
+    profile: Option<PathBuf>,
 }
 
 impl OnBackend for Measure<'_> {
-    /// The step logs, the GPU memory held after them (MiB), the optimizer that ran and the
-    /// network calls per forward pass.
-    type Output = Result<(Vec<StepLog>, Option<f64>, &'static str, usize), TrainError>;
+    /// The step logs, the GPU memory held after them (MiB), the optimizer that ran, the
+    /// network calls per forward pass and how many kernel-profile tables precede the timed steps.
+    type Output = Result<(Vec<StepLog>, Option<f64>, &'static str, usize, usize), TrainError>;
 
     fn run<B: AutodiffBackend>(self, device: &B::Device) -> Self::Output {
         let mut program = Program::<B>::new(self.plan, device)?;
@@ -86,7 +91,17 @@ impl OnBackend for Measure<'_> {
         opts.sync_phases = SYNC_PHASES;
         let mut trainer = Trainer::new(&program, self.ds, &opts)?;
         let mut logs = Vec::with_capacity(self.total as usize);
+        let mut warm_tables = 0;
         for s in 0..self.total {
+            if let (true, Some(file)) = (s == self.warmup, &self.profile) {
+                // Everything queued so far finishes (and is logged) before the timed steps.
+                B::sync(device).map_err(|e| TrainError::Device {
+                    step: s,
+                    why: e.to_string().replace('\n', " "),
+                })?;
+                let text = crate::kernel_profile::read_settled(file).unwrap_or_default();
+                warm_tables = crate::kernel_profile::tables(&text).len();
+            }
             let log = trainer.step(&mut program, self.ds, s, device)?;
             // On stderr, so that a slow warm-up (a GPU backend's kernel compilation) shows
             // where it is; `--json` keeps stdout to the one object.
@@ -105,7 +120,13 @@ impl OnBackend for Measure<'_> {
         } else {
             None
         };
-        Ok((logs, gpu_mib, trainer.optimizer(), program.network_calls()))
+        Ok((
+            logs,
+            gpu_mib,
+            trainer.optimizer(),
+            program.network_calls(),
+            warm_tables,
+        ))
     }
 }
 
@@ -127,8 +148,9 @@ fn bench_inner(args: BenchArgs) -> Result<(), String> {
         total,
         warmup: args.warmup,
         gpu: args.device != DeviceSpec::Cpu,
+        profile: args.kernel_profile.clone(),
     };
-    let (logs, gpu_mib, optimizer, calls) = dispatch(args.device, work)
+    let (logs, gpu_mib, optimizer, calls, warm_tables) = dispatch(args.device, work)
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     let timed = &logs[args.warmup as usize..];
@@ -161,6 +183,8 @@ fn bench_inner(args: BenchArgs) -> Result<(), String> {
         (None, DeviceSpec::Cuda(i)) => {
             crate::peak::gpu_name(i).and_then(|name| crate::peak::gpu_peak_for(&name, precision))
         }
+        // No table of peaks for wgpu's adapters: `--peak-tflops` gives one.
+        (None, DeviceSpec::Wgpu(_)) => None,
     };
     let achieved = flops / mean;
     let mfu = peak.as_ref().map(|p| achieved / p.flops);
@@ -169,7 +193,8 @@ fn bench_inner(args: BenchArgs) -> Result<(), String> {
             let text = crate::kernel_profile::read_settled(file)
                 .map_err(|e| format!("cannot read the kernel profile `{}`: {e}", file.display()))?;
             let tables = crate::kernel_profile::tables(&text);
-            Some(crate::kernel_profile::summarise(&tables, total, 15))
+            let timed = tables.get(warm_tables..).unwrap_or_default();
+            Some(crate::kernel_profile::summarise(timed, args.steps, 15))
         }
         None => None,
     };
@@ -235,10 +260,18 @@ fn bench_inner(args: BenchArgs) -> Result<(), String> {
     }
     if let Some(k) = &kernels {
         println!(
-            "  kernels (CubeCL profile, all {} steps): {:.0} launches and {:.2} ms of device time \
-             per step, {} different kernels; most device time per step:",
+            "  kernels (CubeCL profile, {} timed steps): {:.0} launches and {:.2} ms of device \
+             time per step, {} different kernels",
             k.steps, k.kernels_per_step, k.device_ms_per_step, k.distinct_kernels
         );
+        let launches: Vec<String> = k.tables.iter().map(|(n, _)| n.to_string()).collect();
+        if launches.len() <= 16 {
+            println!(
+                "  launches per wait for the device (phases in order): {}",
+                launches.join(", ")
+            );
+        }
+        println!("  most device time per step:");
         for t in &k.top {
             println!(
                 "    {:>9.3} ms {:>8.1}×  {}",

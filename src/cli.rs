@@ -99,7 +99,7 @@ enum Command {
         /// Data location, overriding the spec's `data.path`.
         #[arg(long, value_name = "PATH")]
         data: Option<PathBuf>,
-        /// `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`).
+        /// `cpu`, `cuda[:N]` or `wgpu[:N]` (builds with `--features cuda` / `--features wgpu`).
         #[arg(long, default_value = "cpu")]
         device: String,
         /// Optimizer steps to run (default: the spec's epochs).
@@ -119,7 +119,7 @@ enum Command {
     Resume {
         /// The run directory.
         run_dir: PathBuf,
-        /// `cpu`, `cuda` or `cuda:N`.
+        /// `cpu`, `cuda[:N]` or `wgpu[:N]`.
         #[arg(long, default_value = "cpu")]
         device: String,
         /// Resume from the checkpoint after this many steps instead of the newest (later
@@ -160,7 +160,7 @@ enum Command {
         /// The baseline spec's sweep variant.
         #[arg(long, requires = "baseline")]
         variant: Option<String>,
-        /// `cpu`, `cuda` or `cuda:N` (feature extraction).
+        /// `cpu`, `cuda[:N]` or `wgpu[:N]` (feature extraction).
         #[arg(long, default_value = "cpu")]
         device: String,
         /// Keep the first N images of each split (quick checks).
@@ -178,7 +178,7 @@ enum Command {
     Bench {
         #[command(flatten)]
         input: SpecArgs,
-        /// `cpu`, `cuda` or `cuda:N`.
+        /// `cpu`, `cuda[:N]` or `wgpu[:N]`.
         #[arg(long, default_value = "cpu")]
         device: String,
         /// Images per step (default: the spec's batch).
@@ -197,7 +197,7 @@ enum Command {
         /// or the GPU model's datasheet figure).
         #[arg(long, value_name = "TFLOPS")]
         peak_tflops: Option<f64>,
-        /// CUDA only: have CubeCL time every kernel on the device and write, at each wait for
+        /// GPUs (CUDA, wgpu) only: have CubeCL time every kernel on the device and write, at each wait for
         /// the device (each phase's end), a table of the kernels run (name, device time,
         /// count) to FILE. Each launch then waits for its kernel: that run's step times are
         /// not throughput.

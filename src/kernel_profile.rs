@@ -77,7 +77,7 @@ pub fn tables(text: &str) -> Vec<Vec<KernelTime>> {
 pub struct Summary {
     /// Each table's kernel launches and device milliseconds, in order.
     pub tables: Vec<(u64, f64)>,
-    /// The steps the tables cover (warm-up included).
+    /// The steps the tables cover.
     pub steps: u64,
     /// Kernel launches per step.
     pub kernels_per_step: f64,

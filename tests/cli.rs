@@ -126,6 +126,20 @@ fn run_on_cuda_without_the_feature_is_a_clear_usage_error() {
 }
 
 #[test]
+fn run_on_wgpu_without_the_feature_is_a_clear_usage_error() {
+    if cfg!(feature = "wgpu") {
+        return;
+    }
+    let out = canc()
+        .args(["bench", "specs/can.canspec", "--device", "wgpu:1"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--features wgpu"), "{err}");
+}
+
+#[test]
 fn run_with_missing_data_names_the_path_and_exits_1() {
     let dir = std::env::temp_dir().join("canc-cli-missing-data");
     let out = canc()

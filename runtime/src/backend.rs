@@ -1,5 +1,6 @@
 //! Backends and device selection: the CPU backend (Burn's `flex`) always; CUDA behind the `cuda`
-//! feature, chosen at run time with `--device cuda[:N]`.
+//! feature, chosen at run time with `--device cuda[:N]`; any Vulkan, Metal or DirectX 12 GPU
+//! through Burn's `wgpu` backend behind the `wgpu` feature (`--device wgpu[:N]`).
 
 use std::fmt;
 
@@ -15,6 +16,13 @@ pub type Gpu = burn::backend::Cuda;
 #[cfg(feature = "cuda")]
 pub type GpuTrain = burn::backend::Autodiff<Gpu>;
 
+/// The wgpu backend (feature `wgpu`): CubeCL's kernels on Vulkan, Metal or DirectX 12.
+#[cfg(feature = "wgpu")]
+pub type Wgpu = burn::backend::Wgpu;
+/// The wgpu backend with autodiff (feature `wgpu`).
+#[cfg(feature = "wgpu")]
+pub type WgpuTrain = burn::backend::Autodiff<Wgpu>;
+
 /// Work to run on whichever training backend a [`DeviceSpec`] selects.
 pub trait OnBackend {
     /// What the work returns.
@@ -29,6 +37,7 @@ pub fn dispatch<W: OnBackend>(spec: DeviceSpec, work: W) -> Result<W::Output, De
     match spec {
         DeviceSpec::Cpu => Ok(work.run::<CpuTrain>(&Default::default())),
         DeviceSpec::Cuda(index) => cuda(index, work),
+        DeviceSpec::Wgpu(index) => wgpu(index, work),
     }
 }
 
@@ -47,6 +56,89 @@ fn cuda<W: OnBackend>(_index: usize, _work: W) -> Result<W::Output, DeviceError>
     Err(DeviceError::NoCudaFeature)
 }
 
+#[cfg(feature = "wgpu")]
+fn wgpu<W: OnBackend>(index: usize, work: W) -> Result<W::Output, DeviceError> {
+    let adapters = wgpu_adapters();
+    let Some(adapter) = adapters.get(index) else {
+        return Err(DeviceError::NoWgpuAdapter {
+            index,
+            found: adapters.len(),
+        });
+    };
+    // Before the first kernel: compiled kernels and autotune results persist between runs.
+    crate::cubecl_config::configure();
+    Ok(work.run::<WgpuTrain>(&adapter.device()))
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu<W: OnBackend>(_index: usize, _work: W) -> Result<W::Output, DeviceError> {
+    Err(DeviceError::NoWgpuFeature)
+}
+
+/// An adapter wgpu can reach: a GPU, or a software rasteriser such as Mesa's lavapipe.
+#[cfg(feature = "wgpu")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WgpuAdapter {
+    /// The driver's name for it, e.g. `llvmpipe (LLVM 15.0.6, 256 bits)`.
+    pub name: String,
+    /// Its kind: discrete, integrated, virtual, CPU or other.
+    pub kind: ::wgpu::DeviceType,
+    /// Its rank among the adapters of its kind, in wgpu's order (Burn selects by kind and rank).
+    rank: usize,
+}
+
+#[cfg(feature = "wgpu")]
+impl WgpuAdapter {
+    /// Burn's device for this adapter.
+    pub fn device(&self) -> burn::backend::wgpu::WgpuDevice {
+        use ::wgpu::DeviceType;
+        use burn::backend::wgpu::WgpuDevice;
+        match self.kind {
+            DeviceType::DiscreteGpu => WgpuDevice::DiscreteGpu(self.rank),
+            DeviceType::IntegratedGpu => WgpuDevice::IntegratedGpu(self.rank),
+            DeviceType::VirtualGpu => WgpuDevice::VirtualGpu(self.rank),
+            DeviceType::Cpu => WgpuDevice::Cpu,
+            DeviceType::Other => WgpuDevice::DefaultDevice,
+        }
+    }
+}
+
+/// The adapters of the graphics API Burn uses here (Vulkan on Linux, Metal on macOS, DirectX 12
+/// on Windows), best first (discrete, integrated, virtual, CPU, other): `--device wgpu:N` is the
+/// N-th. Probed without creating a device, so a machine without one gets an empty list, not
+/// Burn's panic.
+#[cfg(feature = "wgpu")]
+pub fn wgpu_adapters() -> Vec<WgpuAdapter> {
+    use ::wgpu::DeviceType;
+    use burn::backend::wgpu::graphics::{AutoGraphicsApi, GraphicsApi};
+    let instance = ::wgpu::Instance::default();
+    let found = burn::cubecl::future::block_on(
+        instance.enumerate_adapters(AutoGraphicsApi::backend().into()),
+    );
+    let mut adapters: Vec<WgpuAdapter> = Vec::new();
+    for a in found {
+        let info = a.get_info();
+        let rank = adapters
+            .iter()
+            .filter(|x| x.kind == info.device_type)
+            .count();
+        adapters.push(WgpuAdapter {
+            name: info.name,
+            kind: info.device_type,
+            rank,
+        });
+    }
+    let order = |k: DeviceType| match k {
+        DeviceType::DiscreteGpu => 0,
+        DeviceType::IntegratedGpu => 1,
+        DeviceType::VirtualGpu => 2,
+        DeviceType::Cpu => 3,
+        DeviceType::Other => 4,
+    };
+    adapters.sort_by_key(|a| order(a.kind));
+    adapters
+}
+
 /// A device named on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceSpec {
@@ -54,13 +146,15 @@ pub enum DeviceSpec {
     Cpu,
     /// CUDA device `N`.
     Cuda(usize),
+    /// wgpu adapter `N` (Vulkan, Metal, DirectX 12); 0 is the high-performance default.
+    Wgpu(usize),
 }
 
 /// A `--device` value that cannot be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DeviceError {
-    /// Not `cpu`, `cuda` or `cuda:N`.
-    #[error("unknown device `{0}`: expected `cpu`, `cuda` or `cuda:N`")]
+    /// Not `cpu`, `cuda`, `cuda:N`, `wgpu` or `wgpu:N`.
+    #[error("unknown device `{0}`: expected `cpu`, `cuda`, `cuda:N`, `wgpu` or `wgpu:N`")]
     Unknown(String),
     /// CUDA requested on a machine without an NVIDIA driver.
     #[error(
@@ -72,26 +166,44 @@ pub enum DeviceError {
         "this canc was built without CUDA support; rebuild with `cargo build --release --features cuda`"
     )]
     NoCudaFeature,
+    /// wgpu requested from a build without the `wgpu` feature.
+    #[error(
+        "this canc was built without wgpu support; rebuild with `cargo build --release --features wgpu`"
+    )]
+    NoWgpuFeature,
+    /// `wgpu:N` with fewer than N + 1 adapters.
+    #[error(
+        "wgpu adapter {index} not found: {found} adapter(s) visible (Vulkan driver installed? on Linux \
+         without a GPU, Mesa's lavapipe: `apt-get install mesa-vulkan-drivers`)"
+    )]
+    NoWgpuAdapter {
+        /// The adapter asked for.
+        index: usize,
+        /// How many there are.
+        found: usize,
+    },
 }
 
 impl DeviceSpec {
-    /// Parses `cpu`, `cuda`, `cuda:N`.
+    /// Parses `cpu`, `cuda`, `cuda:N`, `wgpu`, `wgpu:N`.
     pub fn parse(s: &str) -> Result<Self, DeviceError> {
+        let index = |prefix: &str| s.strip_prefix(prefix).and_then(|n| n.parse().ok());
         match s {
             "cpu" => Ok(DeviceSpec::Cpu),
             "cuda" | "gpu" => Ok(DeviceSpec::Cuda(0)),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
+            "wgpu" => Ok(DeviceSpec::Wgpu(0)),
+            _ => index("cuda:")
                 .map(DeviceSpec::Cuda)
+                .or_else(|| index("wgpu:").map(DeviceSpec::Wgpu))
                 .ok_or_else(|| DeviceError::Unknown(s.to_string())),
         }
     }
 
-    /// Checks that this build can use the device (CUDA needs the `cuda` feature).
+    /// Checks that this build can use the device (CUDA needs the `cuda` feature, wgpu `wgpu`).
     pub fn available(self) -> Result<Self, DeviceError> {
         match self {
             DeviceSpec::Cuda(_) if !cfg!(feature = "cuda") => Err(DeviceError::NoCudaFeature),
+            DeviceSpec::Wgpu(_) if !cfg!(feature = "wgpu") => Err(DeviceError::NoWgpuFeature),
             d => Ok(d),
         }
     }
@@ -102,6 +214,7 @@ impl fmt::Display for DeviceSpec {
         match self {
             DeviceSpec::Cpu => f.write_str("cpu"),
             DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+            DeviceSpec::Wgpu(n) => write!(f, "wgpu:{n}"),
         }
     }
 }
@@ -165,6 +278,19 @@ mod tests {
             assert_eq!(
                 DeviceSpec::Cuda(0).available(),
                 Err(DeviceError::NoCudaFeature)
+            );
+        }
+        assert_eq!(DeviceSpec::parse("wgpu"), Ok(DeviceSpec::Wgpu(0)));
+        assert_eq!(DeviceSpec::parse("wgpu:2"), Ok(DeviceSpec::Wgpu(2)));
+        assert_eq!(DeviceSpec::Wgpu(2).to_string(), "wgpu:2");
+        assert!(matches!(
+            DeviceSpec::parse("wgpu:"),
+            Err(DeviceError::Unknown(_))
+        ));
+        if !cfg!(feature = "wgpu") {
+            assert_eq!(
+                DeviceSpec::Wgpu(0).available(),
+                Err(DeviceError::NoWgpuFeature)
             );
         }
     }

@@ -80,7 +80,7 @@ pub fn profile_kernels_to(file: PathBuf) -> Result<(), String> {
 /// if one was asked for, unless the user has a CubeCL config file (then CubeCL reads it as
 /// usual). Must run before the first CUDA operation of the process; later calls return the first
 /// call's answer. Returns the cache folder in use, if canc chose it.
-#[cfg(feature = "cuda")]
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
 pub fn configure() -> Option<PathBuf> {
     use burn::cubecl::config::{
         CubeClRuntimeConfig, RuntimeConfig, cache::CacheConfig, profiling::ProfilingLogLevel,
@@ -141,7 +141,7 @@ mod tests {
 
     /// With no config file of the user's, CubeCL's configuration (read by the CUDA backend on
     /// its first op) has both caches in canc's folder. Needs no GPU.
-    #[cfg(feature = "cuda")]
+    #[cfg(any(feature = "cuda", feature = "wgpu"))]
     #[test]
     fn configure_points_both_cubecl_caches_at_the_folder() {
         use burn::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig, cache::CacheConfig};

@@ -1,6 +1,6 @@
 //! The per-kernel profile reaches CubeCL's configuration (its own process: CubeCL's
-//! configuration can be set once). Needs the `cuda` feature, no GPU.
-#![cfg(feature = "cuda")]
+//! configuration can be set once). Needs the `cuda` or `wgpu` feature, no GPU.
+#![cfg(any(feature = "cuda", feature = "wgpu"))]
 
 use burn::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig, profiling::ProfilingLogLevel};
 use canc_runtime::cubecl_config::{configure, profile_kernels_to, user_config_file};

@@ -4,9 +4,9 @@
 //! Every function here takes and returns tensors of any backend `B`. On the CPU backends
 //! ([`Cpu`](crate::backend::Cpu) and [`CpuTrain`](crate::backend::CpuTrain), f32 tensors) it
 //! runs the fused kernels of [`kernels`], registering its own backward step with Burn's
-//! autodiff; on any other backend (CUDA) or dtype it computes the same function with Burn's
-//! tensor ops ([`reference`]), LayerNorm, attention and GELU on the CUDA training backend with
-//! their own backward steps in tensor ops ([`tensor_ad`]). All paths compute the same values (tested in
+//! autodiff; on any other backend (CUDA, wgpu) or dtype it computes the same function with Burn's
+//! tensor ops ([`reference`]), LayerNorm, attention and GELU on the CUDA and wgpu training
+//! backends with their own backward steps in tensor ops ([`tensor_ad`]). All paths compute the same values (tested in
 //! `runtime/tests/ops.rs`). [`fused_enabled`] says when the kernels run: by default in
 //! optimised builds only; `CANC_FUSED_OPS=0` or `=1` in the environment decides otherwise, e.g.
 //! to compare the two paths in one binary.
@@ -37,6 +37,26 @@ use kernels::AttnShape;
 use std::any::{Any, TypeId};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, Ordering};
+
+/// On a CubeCL training backend (CUDA's or wgpu's, whichever features are on) with the fused
+/// ops enabled, returns `$body` evaluated with `$inner` naming the backend inside the autodiff
+/// wrapper; otherwise falls through.
+macro_rules! on_cube_train {
+    ($b:ty, $inner:ident => $body:expr) => {
+        #[cfg(feature = "cuda")]
+        if fused_enabled() && same::<$b, crate::backend::GpuTrain>() {
+            #[allow(dead_code)]
+            type $inner = crate::backend::Gpu;
+            return $body;
+        }
+        #[cfg(feature = "wgpu")]
+        if fused_enabled() && same::<$b, crate::backend::WgpuTrain>() {
+            #[allow(dead_code)]
+            type $inner = crate::backend::Wgpu;
+            return $body;
+        }
+    };
+}
 
 /// `x·w + b` on `[N, D_in]` rows (as [`burn::tensor::module::linear`], `w` being
 /// `[D_in, D_out]` like Burn's `Linear` weight).
@@ -81,11 +101,8 @@ pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
         };
         return back(y);
     }
-    #[cfg(feature = "cuda")]
-    if fused_enabled() && same::<B, crate::backend::GpuTrain>() {
-        return back(tensor_ad::gelu::<crate::backend::Gpu, D>(back(x)));
-    }
-    // Other backends (CUDA): the tensor-op form, whose gradient is exact (see there).
+    on_cube_train!(B, G => back(tensor_ad::gelu::<G, D>(back(x))));
+    // Other backends: the tensor-op form, whose gradient is exact (see there).
     reference::gelu(x)
 }
 
@@ -128,12 +145,12 @@ pub fn layer_norm_with<B: Backend, const D: usize>(
         };
         return back(y);
     }
-    #[cfg(feature = "cuda")]
-    if fused_enabled() && same::<B, crate::backend::GpuTrain>() {
-        let (x, gamma) = (back(x), back(gamma));
-        let y = tensor_ad::layer_norm::<crate::backend::Gpu, D>(x, gamma, beta.map(back), eps);
-        return back(y);
-    }
+    on_cube_train!(B, G => back(tensor_ad::layer_norm::<G, D>(
+        back(x),
+        back(gamma),
+        beta.map(back),
+        eps
+    )));
     reference::layer_norm(x, gamma, beta, eps)
 }
 
@@ -172,13 +189,7 @@ pub fn attention<B: Backend>(qkv: Tensor<B, 3>, heads: usize) -> Tensor<B, 3> {
         };
         return back(y);
     }
-    #[cfg(feature = "cuda")]
-    if fused_enabled() && same::<B, crate::backend::GpuTrain>() {
-        return back(tensor_ad::attention::<crate::backend::Gpu>(
-            back(qkv),
-            heads,
-        ));
-    }
+    on_cube_train!(B, G => back(tensor_ad::attention::<G>(back(qkv), heads)));
     reference::attention(qkv, heads)
 }
 

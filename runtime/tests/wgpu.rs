@@ -1,0 +1,255 @@
+//! The GPU code paths on a real CubeCL backend, without a GPU: Burn's wgpu backend on whatever
+//! Vulkan adapter the machine has (in CI, Mesa's lavapipe, which runs CubeCL's kernels on the
+//! CPU). Training on it takes the GPUs' defaults — AdamW over flat parameter groups laid out
+//! with `slice_assign`, closed-form backward steps for LayerNorm, attention and GELU, each
+//! network called once for both views — the same code CUDA runs, and must give the CPU
+//! backend's losses and weights. Needs the `wgpu` feature; without an adapter the tests say so
+//! and pass, unless `CANC_REQUIRE_WGPU=1` (set by CI) makes that a failure.
+#![cfg(feature = "wgpu")]
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor};
+use canc_runtime::backend::{CpuTrain, WgpuTrain, wgpu_adapters};
+use canc_runtime::checkpoint::{self, Checkpoint};
+use canc_runtime::data;
+use canc_runtime::exec::Program;
+use canc_runtime::train::{self, Outcome, RunOptions, Trainer};
+
+/// Burn's device for the first adapter, or `None` (after saying so) when there is none.
+fn device() -> Option<burn::backend::wgpu::WgpuDevice> {
+    let adapters = wgpu_adapters();
+    match adapters.first() {
+        Some(a) => {
+            eprintln!("wgpu adapter: {} ({:?})", a.name, a.kind);
+            Some(a.device())
+        }
+        None => {
+            assert_ne!(
+                std::env::var("CANC_REQUIRE_WGPU").as_deref(),
+                Ok("1"),
+                "CANC_REQUIRE_WGPU=1 but wgpu sees no adapter (install mesa-vulkan-drivers)"
+            );
+            eprintln!("no wgpu adapter on this machine: skipped");
+            None
+        }
+    }
+}
+
+/// A small plan of `spec`: 32 images, batch 16, a 1-block encoder of width 32.
+fn small(spec: &str) -> canc_compiler::Plan {
+    let sets: Vec<String> = [
+        "data.limit=32",
+        "train.batch=16",
+        "train.epochs=3",
+        "network.encoder.dim=32",
+        "network.encoder.depth=1",
+        "network.encoder.heads=2",
+        "schedule.warmup=2 steps",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let res = canc_compiler::resolve_path(format!("../specs/{spec}.canspec").as_ref(), &sets);
+    assert!(!res.has_errors(), "{spec} does not compile");
+    res.plans[0].clone()
+}
+
+struct Flat(Vec<f32>);
+impl<B: Backend> ModuleVisitor<B> for Flat {
+    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+        let v = p.val().into_data().convert::<f32>();
+        self.0
+            .extend(v.as_slice::<f32>().expect("f32").iter().copied());
+    }
+}
+
+/// Losses of `steps` training steps of `plan` on backend `B`, from the initial weights of the
+/// checkpoint `init`, and the weights after them.
+fn train<B: AutodiffBackend>(
+    plan: &canc_compiler::Plan,
+    init: &Checkpoint,
+    device: &B::Device,
+    steps: u64,
+) -> (Vec<f64>, Vec<f32>, String, usize) {
+    let ds = data::load(&plan.data, None).expect("Fashion-MNIST installed");
+    let mut p = Program::<B>::new(plan.clone(), device).expect("builds");
+    init.restore_networks(&mut p)
+        .expect("loads the initial weights");
+    let o = RunOptions::new(steps, 16);
+    let mut t = Trainer::new(&p, &ds, &o).expect("trainer");
+    let optimizer = t.optimizer().to_string();
+    let run = train::run(&mut t, &mut p, &ds, &o, device, &mut train::Quiet).expect("runs");
+    assert_eq!(run.outcome, Outcome::Finished);
+    let mut w = Flat(Vec::new());
+    p.model.visit(&mut w);
+    let losses = run.logs.iter().map(|l| l.loss).collect();
+    (losses, w.0, optimizer, p.network_calls())
+}
+
+/// Trains `spec` for 4 steps on the CPU (its defaults: per-tensor AdamW, fused CPU kernels, a
+/// call per view) and on wgpu (the GPUs' defaults: flat AdamW, closed-form backward steps,
+/// batched calls), from the same initial weights, and compares.
+fn same_as_cpu(spec: &str) {
+    let Some(gpu) = device() else { return };
+    // Debug builds leave the fused ops off (see `fused_enabled`); the GPUs' closed-form backward
+    // steps are among them.
+    canc_runtime::ops::set_fused(Some(true));
+    let plan = small(spec);
+    // Each backend draws its own initial weights from the seed: both start from the CPU's,
+    // through a checkpoint (written by the CPU backend, read by wgpu's, as a user would).
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let init = initial_weights(&plan, tmp.path());
+    let (cpu_loss, cpu_w, cpu_opt, cpu_calls) =
+        train::<CpuTrain>(&plan, &init, &Default::default(), 4);
+    let (gpu_loss, gpu_w, gpu_opt, gpu_calls) = train::<WgpuTrain>(&plan, &init, &gpu, 4);
+    // The GPU paths really ran: the flat optimizer and (where the spec allows) batched calls.
+    assert_eq!(cpu_opt, "adamw (per tensor)");
+    assert!(gpu_opt.contains("flat"), "{spec}: wgpu ran `{gpu_opt}`");
+    assert!(gpu_calls <= cpu_calls, "{spec}: {gpu_calls} > {cpu_calls}");
+    for (i, (c, g)) in cpu_loss.iter().zip(&gpu_loss).enumerate() {
+        assert!(
+            c.is_finite() && g.is_finite(),
+            "{spec}: step {i}: {c} vs {g}"
+        );
+        assert!(
+            (c - g).abs() <= 2e-5 * c.abs().max(1.0),
+            "{spec}: step {i} loss: CPU {c}, wgpu {g}\nCPU  {cpu_loss:?}\nwgpu {gpu_loss:?}"
+        );
+    }
+    assert_eq!(cpu_w.len(), gpu_w.len());
+    // Four AdamW steps move each weight by at most 4·lr; the backends' f32 sums differ in
+    // order, so compare the weights to a fraction of that.
+    let worst = cpu_w
+        .iter()
+        .zip(&gpu_w)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    let loss_gap = cpu_loss
+        .iter()
+        .zip(&gpu_loss)
+        .map(|(c, g)| (c - g).abs())
+        .fold(0f64, f64::max);
+    eprintln!("{spec}: losses within {loss_gap:.2e}, weights within {worst:.2e}");
+    assert!(worst < 1e-4, "{spec}: weights differ by up to {worst}");
+}
+
+/// The loss terms of one forward pass of `plan` on the first 16 training images and each
+/// parameter's gradient (empty where none), from the initial weights of `init`.
+fn one_step<B: AutodiffBackend>(
+    plan: &canc_compiler::Plan,
+    init: &Checkpoint,
+    device: &B::Device,
+) -> (Vec<f32>, Vec<(String, Vec<f32>)>) {
+    struct G<'a, B: AutodiffBackend>(&'a B::Gradients, Vec<(String, Vec<f32>)>);
+    impl<B: AutodiffBackend> ModuleVisitor<B> for G<'_, B> {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+            let g = p.val().grad(self.0).map(|g| {
+                let d = g.into_data().convert::<f32>();
+                d.to_vec::<f32>().expect("f32")
+            });
+            self.1
+                .push((format!("{:?}", p.val().dims()), g.unwrap_or_default()));
+        }
+    }
+    let ds = data::load(&plan.data, None).expect("Fashion-MNIST installed");
+    let mut program = Program::<B>::new(plan.clone(), device).expect("builds");
+    init.restore_networks(&mut program)
+        .expect("loads the initial weights");
+    let views = train::view_steps(&program.plan);
+    let idx: Vec<usize> = (0..16).collect();
+    let b = data::make_batch(&ds, &idx, &program.plan.views, &views, 0, 0, 0).expect("batch");
+    let batch = train::to_tensors::<B>(b, device);
+    let mut rng = canc_runtime::exec::step_rng(0, 0);
+    let f = program.forward(&batch, &mut rng).expect("forward");
+    let terms = f
+        .terms
+        .iter()
+        .map(|(_, t)| t.clone().into_scalar().elem())
+        .collect();
+    let grads = f.total.backward();
+    let mut g = G::<B>(&grads, Vec::new());
+    program.model.visit(&mut g);
+    (terms, g.1)
+}
+
+/// `spec`'s initial weights (the CPU backend's draw) as a checkpoint in `dir`.
+fn initial_weights(plan: &canc_compiler::Plan, dir: &std::path::Path) -> Checkpoint {
+    let p = Program::<CpuTrain>::new(plan.clone(), &Default::default()).expect("builds");
+    let files = checkpoint::encode(&p, ()).expect("encodes");
+    let dir = checkpoint::save(dir, 0, 1, "k", None, files, 1).expect("saves");
+    Checkpoint::read(&dir).expect("reads")
+}
+
+/// One forward and backward pass of `spec` on the CPU and on wgpu from the same weights, batch
+/// and RNG stream: every loss term and every parameter's gradient agree to float rounding.
+fn gradients_match_the_cpu(spec: &str) {
+    let Some(gpu) = device() else { return };
+    canc_runtime::ops::set_fused(Some(true));
+    let plan = small(spec);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let init = initial_weights(&plan, tmp.path());
+    let (cpu_terms, cpu_g) = one_step::<CpuTrain>(&plan, &init, &Default::default());
+    let (gpu_terms, gpu_g) = one_step::<WgpuTrain>(&plan, &init, &gpu);
+    for (c, g) in cpu_terms.iter().zip(&gpu_terms) {
+        assert!(
+            (c - g).abs() <= 1e-5 * c.abs().max(1.0),
+            "{spec}: loss term {c} vs {g}"
+        );
+    }
+    assert_eq!(cpu_g.len(), gpu_g.len());
+    // Per tensor, the difference relative to the tensor's gradient norm, floored at 1% of
+    // the largest: a gradient that cancels to almost nothing (a bias in front of a
+    // normalisation) is all rounding on both sides.
+    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let floor = 1e-2 * cpu_g.iter().map(|(_, c)| norm(c)).fold(0f64, f64::max);
+    let mut worst = (0f64, String::new());
+    for (i, ((shape, c), (_, g))) in cpu_g.iter().zip(&gpu_g).enumerate() {
+        assert_eq!(
+            c.len(),
+            g.len(),
+            "{spec}: parameter {i} {shape}: gradient on one side only"
+        );
+        let diff: Vec<f32> = c.iter().zip(g).map(|(a, b)| a - b).collect();
+        let rel = norm(&diff) / norm(c).max(floor);
+        if rel > worst.0 {
+            worst = (rel, format!("parameter {i} {shape}"));
+        }
+    }
+    eprintln!(
+        "{spec}: gradients within {:.2e} relative ({})",
+        worst.0, worst.1
+    );
+    assert!(
+        worst.0 < 1e-4,
+        "{spec}: {} gradient differs by {:.2e} relative",
+        worst.1,
+        worst.0
+    );
+}
+
+#[test]
+fn can_gradients_on_wgpu_match_the_cpu() {
+    gradients_match_the_cpu("can");
+}
+
+#[test]
+fn mocov3_gradients_on_wgpu_match_the_cpu() {
+    gradients_match_the_cpu("mocov3");
+}
+
+#[test]
+fn can_trains_on_wgpu_as_on_the_cpu() {
+    same_as_cpu("can");
+}
+
+#[test]
+fn mocov3_trains_on_wgpu_as_on_the_cpu() {
+    // EMA teacher, BatchNorm in the projector and predictor.
+    same_as_cpu("mocov3");
+}
+
+#[test]
+fn mae_trains_on_wgpu_as_on_the_cpu() {
+    same_as_cpu("mae");
+}
