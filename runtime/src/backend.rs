@@ -230,6 +230,12 @@ pub fn gpu_default<B: 'static>(var: &str) -> bool {
     }
 }
 
+/// Whether backend `B` runs on Burn's kernel fusion (`burn-fusion`, on with `--features
+/// cuda-fusion`), which merges chains of element-wise ops into single kernels.
+pub fn kernel_fusion<B: 'static>() -> bool {
+    std::any::type_name::<B>().contains("burn_fusion::")
+}
+
 /// Whether an NVIDIA driver is visible (`/proc/driver/nvidia/version` or `libcuda`), checked
 /// before Burn would panic on a missing GPU.
 pub fn cuda_driver_present() -> bool {
@@ -280,6 +286,7 @@ mod tests {
                 Err(DeviceError::NoCudaFeature)
             );
         }
+        assert!(!kernel_fusion::<CpuTrain>());
         assert_eq!(DeviceSpec::parse("wgpu"), Ok(DeviceSpec::Wgpu(0)));
         assert_eq!(DeviceSpec::parse("wgpu:2"), Ok(DeviceSpec::Wgpu(2)));
         assert_eq!(DeviceSpec::Wgpu(2).to_string(), "wgpu:2");

@@ -322,9 +322,14 @@ fn optimizers<B: AutodiffBackend>(plan: &Plan, flat: Option<bool>) -> Opt<B> {
 /// launches per parameter tensor become about 2) and not on the CPU, where the flat buffers'
 /// extra passes over memory measured slower (optimizer phase 39–44 ms vs 16–17 ms per CAN
 /// step, batch 64, for Burn's per-tensor AdamW; canc's in-place one is faster still). Both give
-/// bitwise-identical weights and the same checkpoint record.
+/// bitwise-identical weights and the same checkpoint record. With Burn's kernel fusion
+/// (`--features cuda-fusion`) the default is per tensor too: fusion merges the per-tensor
+/// updates' element-wise ops across tensors (CAN: 74 launches in the optimizer phase, counted
+/// on wgpu with fusion) while the flat layout's one copy per tensor stays (242).
 fn flat_adamw<B: AutodiffBackend>() -> bool {
-    crate::backend::gpu_default::<B>("CANC_FLAT_ADAMW")
+    let flat = crate::backend::gpu_default::<B>("CANC_FLAT_ADAMW");
+    let asked = std::env::var("CANC_FLAT_ADAMW").is_ok_and(|v| v == "1");
+    flat && (asked || !crate::backend::kernel_fusion::<B>())
 }
 
 /// Converts a data batch to tensors on `device`.
