@@ -146,7 +146,7 @@ pub enum DeviceSpec {
     Cpu,
     /// CUDA device `N`.
     Cuda(usize),
-    /// wgpu adapter `N` (Vulkan, Metal, DirectX 12); 0 is the high-performance default.
+    /// wgpu adapter `N` of `wgpu_adapters()` (Vulkan, Metal, DirectX 12); 0 is the best one.
     Wgpu(usize),
 }
 

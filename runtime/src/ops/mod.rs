@@ -4,10 +4,11 @@
 //! Every function here takes and returns tensors of any backend `B`. On the CPU backends
 //! ([`Cpu`](crate::backend::Cpu) and [`CpuTrain`](crate::backend::CpuTrain), f32 tensors) it
 //! runs the fused kernels of [`kernels`], registering its own backward step with Burn's
-//! autodiff; on any other backend (CUDA, wgpu) or dtype it computes the same function with Burn's
-//! tensor ops ([`reference`]), LayerNorm, attention and GELU on the CUDA and wgpu training
-//! backends with their own backward steps in tensor ops ([`tensor_ad`]). All paths compute the same values (tested in
-//! `runtime/tests/ops.rs`). [`fused_enabled`] says when the kernels run: by default in
+//! autodiff; on any other backend (CUDA, wgpu) or dtype it computes the same function with
+//! Burn's tensor ops ([`reference`]), LayerNorm, attention and GELU on the CUDA and wgpu
+//! training backends with their own backward steps in tensor ops ([`tensor_ad`]). All paths
+//! compute the same values (tested in `runtime/tests/ops.rs`, and on wgpu against the CPU in
+//! `runtime/tests/wgpu.rs`). [`fused_enabled`] says when the kernels run: by default in
 //! optimised builds only; `CANC_FUSED_OPS=0` or `=1` in the environment decides otherwise, e.g.
 //! to compare the two paths in one binary.
 //!
