@@ -253,3 +253,119 @@ fn mocov3_trains_on_wgpu_as_on_the_cpu() {
 fn mae_trains_on_wgpu_as_on_the_cpu() {
     same_as_cpu("mae");
 }
+
+/// Deterministic values in [-2, 2) (a 32-bit LCG), `n` of them.
+fn values(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(12_345);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (s >> 8) as f32 / (1u32 << 24) as f32 * 4.0 - 2.0
+        })
+        .collect()
+}
+
+/// The values of `t`, as f32.
+fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec().expect("f32")
+}
+
+/// Asserts `a` and `b` agree within `tol` (absolute, or relative where larger than 1).
+fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f32) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(
+            (x - y).abs() <= tol * x.abs().max(1.0),
+            "{what}[{i}]: {x} vs {y}"
+        );
+    }
+}
+
+/// canc's own CubeCL kernels (`ops::cube`), each against the same function on the CPU backend:
+/// Burn's composed ops forward and Burn's autodiff of them backward. Odd sizes (37 rows of 19),
+/// scores up to 80 (the softmax must subtract its row maximum).
+#[test]
+fn cube_kernels_match_burns_ops_on_the_cpu() {
+    use burn::tensor::TensorData;
+    use canc_runtime::backend::{Cpu, Wgpu};
+    use canc_runtime::ops::{cube, reference};
+    let Some(gpu) = device() else { return };
+    let cpu = Default::default();
+    let (rows, d) = (37, 19);
+    let (x, g, b, dy) = (
+        values(rows * d, 1),
+        values(d, 2),
+        values(d, 3),
+        values(rows * d, 4),
+    );
+    let on_gpu = |v: &[f32], shape: [usize; 2]| {
+        Tensor::<Wgpu, 2>::from_data(TensorData::new(v.to_vec(), shape), &gpu)
+    };
+    let on_gpu1 =
+        |v: &[f32]| Tensor::<Wgpu, 1>::from_data(TensorData::new(v.to_vec(), [v.len()]), &gpu);
+    let on_cpu = |v: &[f32], shape: [usize; 2]| {
+        Tensor::<CpuTrain, 2>::from_data(TensorData::new(v.to_vec(), shape), &cpu)
+    };
+    let on_cpu1 =
+        |v: &[f32]| Tensor::<CpuTrain, 1>::from_data(TensorData::new(v.to_vec(), [v.len()]), &cpu);
+
+    // LayerNorm forward and backward.
+    let (y, xhat, rstd) =
+        cube::layer_norm(&on_gpu(&x, [rows, d]), &on_gpu1(&g), &on_gpu1(&b), 1e-5)
+            .expect("the kernels run on wgpu");
+    let (xc, gc, bc) = (
+        on_cpu(&x, [rows, d]).require_grad(),
+        on_cpu1(&g).require_grad(),
+        on_cpu1(&b).require_grad(),
+    );
+    let yc = reference::layer_norm(xc.clone(), gc.clone(), Some(bc.clone()), 1e-5);
+    assert_close("layer_norm y", &host(y), &host(yc.clone().inner()), 1e-5);
+    let xhat_c = reference::layer_norm(
+        xc.clone().inner(),
+        Tensor::<Cpu, 1>::ones([d], &cpu),
+        None,
+        1e-5,
+    );
+    assert_close("layer_norm x̂", &host(xhat.clone()), &host(xhat_c), 1e-5);
+    let grads = (yc * on_cpu(&dy, [rows, d])).sum().backward();
+    let (dx, dy_xhat) = cube::layer_norm_dx(&on_gpu(&dy, [rows, d]), &xhat, &rstd, &on_gpu1(&g))
+        .expect("the kernels run on wgpu");
+    assert_close(
+        "layer_norm dx",
+        &host(dx),
+        &host(xc.grad(&grads).expect("dx")),
+        1e-4,
+    );
+    let dgamma = dy_xhat.sum_dim(0).reshape([d]);
+    assert_close(
+        "layer_norm dγ",
+        &host(dgamma),
+        &host(gc.grad(&grads).expect("dγ")),
+        1e-4,
+    );
+
+    // GELU forward and backward.
+    let n = rows * d;
+    let (y, phi) = cube::gelu(&on_gpu1(&x)).expect("the kernels run on wgpu");
+    let xc = on_cpu1(&x).require_grad();
+    let yc = reference::gelu(xc.clone());
+    assert_close("gelu y", &host(y), &host(yc.clone().inner()), 1e-5);
+    let grads = (yc * on_cpu1(&dy)).sum().backward();
+    let dx = cube::gelu_dx(&on_gpu1(&dy), &on_gpu1(&x), &phi).expect("the kernels run on wgpu");
+    assert_close(
+        "gelu dx",
+        &host(dx),
+        &host(xc.grad(&grads).expect("dx")),
+        1e-5,
+    );
+    assert_eq!(n, x.len());
+
+    // Scaled softmax over the last dimension, of a [2, 3, 5, 7] score tensor.
+    let s: Vec<f32> = values(2 * 3 * 5 * 7, 5).iter().map(|v| v * 40.0).collect();
+    let st = TensorData::new(s, [2, 3, 5, 7]);
+    let p = cube::softmax(&Tensor::<Wgpu, 4>::from_data(st.clone(), &gpu), 0.5)
+        .expect("the kernels run on wgpu");
+    let pc =
+        burn::tensor::activation::softmax(Tensor::<Cpu, 4>::from_data(st, &cpu).mul_scalar(0.5), 3);
+    assert_close("softmax", &host(p), &host(pc), 1e-5);
+}

@@ -19,6 +19,9 @@
 //! then a broadcast bias add, and in backward a row-sum reduction: the fused one writes the
 //! bias and the product into one buffer and computes all three gradients in one step.
 
+pub mod cube;
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+mod cube_kernels;
 pub mod gemm;
 pub mod inplace;
 pub mod kernels;

@@ -20,6 +20,11 @@
 //! GELU `x·Φ(x)` (exact, through `erf`) is 5 ops forward and, under autodiff, about 11
 //! backward; [`gelu`] keeps `x` and `Φ(x)` and computes `dx = dy·(Φ(x) + x·φ(x))`,
 //! `φ(x) = e^{−x²/2}/√(2π)`, in 7.
+//!
+//! On CUDA and wgpu, canc's own kernels ([`super::cube`]) compute the LayerNorm forward and
+//! `dx`, the attention's scaled softmax and GELU both ways in one launch each (LayerNorm's `dγ`
+//! and `dβ` stay two column sums); the tensor-op forms above are what other backends, other
+//! dtypes and `CANC_CUBE_KERNELS=0` run.
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -60,6 +65,20 @@ impl<B: Backend> Backward<B, 3> for Ln {
         let s = ops.state;
         let xhat: Tensor<B, 2> = inner(s.xhat);
         let d = xhat.dims()[1];
+        let gamma: Tensor<B, 1> = inner(s.gamma);
+        let rstd: Tensor<B, 2> = inner(s.rstd);
+        if let Some(p) = &px
+            && let Some((dx, dy_xhat)) = super::cube::layer_norm_dx(&dy, &xhat, &rstd, &gamma)
+        {
+            grads.register::<B>(p.id, raw(dx));
+            if let Some(p) = pg {
+                grads.register::<B>(p.id, raw(dy_xhat.sum_dim(0).reshape([d])));
+            }
+            if let Some(p) = pb {
+                grads.register::<B>(p.id, raw(dy.sum_dim(0).reshape([d])));
+            }
+            return;
+        }
         if let Some(p) = pg {
             let dg = (dy.clone() * xhat.clone()).sum_dim(0).reshape([d]);
             grads.register::<B>(p.id, raw(dg));
@@ -68,10 +87,10 @@ impl<B: Backend> Backward<B, 3> for Ln {
             grads.register::<B>(p.id, raw(dy.clone().sum_dim(0).reshape([d])));
         }
         if let Some(p) = px {
-            let g = dy * inner::<B, 1>(s.gamma).unsqueeze::<2>();
+            let g = dy * gamma.unsqueeze::<2>();
             let m1 = g.clone().mean_dim(1);
             let m2 = (g.clone() * xhat.clone()).mean_dim(1);
-            let dx = (g - m1 - xhat * m2) * inner::<B, 2>(s.rstd);
+            let dx = (g - m1 - xhat * m2) * rstd;
             grads.register::<B>(p.id, raw(dx));
         }
     }
@@ -99,16 +118,20 @@ pub fn layer_norm<B: Backend, const D: usize>(
     let xi: Tensor<B, 2> = inner(xp.primitive.clone());
     let g: Tensor<B, 1> = inner(gp.primitive.clone());
     let b: Tensor<B, 1> = inner(bp.primitive.clone());
-    let xc = xi.clone() - xi.mean_dim(1);
-    let rstd = xc
-        .clone()
-        .square()
-        .mean_dim(1)
-        .add_scalar(eps)
-        .sqrt()
-        .recip();
-    let xhat = xc * rstd.clone();
-    let y = xhat.clone() * g.clone().unsqueeze::<2>() + b.unsqueeze::<2>();
+    let kernel = super::cube::layer_norm(&xi, &g, &b, eps);
+    let (y, xhat, rstd) = kernel.unwrap_or_else(|| {
+        let xc = xi.clone() - xi.mean_dim(1);
+        let rstd = xc
+            .clone()
+            .square()
+            .mean_dim(1)
+            .add_scalar(eps)
+            .sqrt()
+            .recip();
+        let xhat = xc * rstd.clone();
+        let y = xhat.clone() * g.clone().unsqueeze::<2>() + b.unsqueeze::<2>();
+        (y, xhat, rstd)
+    });
 
     let state = || LnState {
         xhat: raw(xhat),
@@ -176,11 +199,10 @@ pub fn attention<B: Backend>(qkv: Tensor<Autodiff<B>, 3>, heads: usize) -> Tenso
     let part = |i: usize| x.clone().narrow(0, i, 1).reshape([b, heads, t, dh]);
     let (q, k, v) = (part(0), part(1), part(2));
     let scale = 1.0 / (dh as f64).sqrt();
-    let scores = q
-        .clone()
-        .matmul(k.clone().swap_dims(2, 3))
-        .mul_scalar(scale);
-    let p = burn::tensor::activation::softmax(scores, 3);
+    let scores = q.clone().matmul(k.clone().swap_dims(2, 3));
+    let kernel = super::cube::softmax(&scores, scale);
+    let p =
+        kernel.unwrap_or_else(|| burn::tensor::activation::softmax(scores.mul_scalar(scale), 3));
     // [B, heads, T, dh] -> [B, T, d]
     let y = p
         .clone()
@@ -219,6 +241,10 @@ impl<B: Backend> Backward<B, 1> for Gelu {
             return;
         };
         let (x, phi): (Tensor<B, 1>, Tensor<B, 1>) = (inner(ops.state.x), inner(ops.state.phi));
+        if let Some(dx) = super::cube::gelu_dx(&dy, &x, &phi) {
+            grads.register::<B>(parent.id, raw(dx));
+            return;
+        }
         let inv_sqrt_2pi =
             0.5 * core::f64::consts::FRAC_2_SQRT_PI * core::f64::consts::FRAC_1_SQRT_2;
         let pdf = x
@@ -239,8 +265,11 @@ pub fn gelu<B: Backend, const D: usize>(x: Tensor<Autodiff<B>, D>) -> Tensor<Aut
     let n = dims.iter().product::<usize>();
     let xp: Prim<B> = x.reshape([n]).into_primitive().tensor();
     let xi: Tensor<B, 1> = inner(xp.primitive.clone());
-    let phi = super::reference::normal_cdf(xi.clone());
-    let y = xi.clone() * phi.clone();
+    let kernel = super::cube::gelu(&xi);
+    let (y, phi) = kernel.unwrap_or_else(|| {
+        let phi = super::reference::normal_cdf(xi.clone());
+        (xi.clone() * phi.clone(), phi)
+    });
     let state = || GeluState {
         x: raw(xi),
         phi: raw(phi),

@@ -1,0 +1,121 @@
+//! canc's own GPU kernels for the training path (CUDA and wgpu): LayerNorm forward and its
+//! `dx`, GELU forward and backward, and the attention's scaled row softmax, each one kernel
+//! launch where Burn's tensor ops take 5–11.
+//!
+//! On a GPU a small model's step is bound by kernel launches, not arithmetic (BENCHMARKS.md,
+//! "Kernel launches per training step"). Composed from Burn's ops, LayerNorm is 11 launches
+//! forward and its closed-form `dx` 8, GELU 5 forward and 7 backward, the softmax with its scale
+//! 6. The kernels ([`super::cube_kernels`]) compute the same functions in one pass each.
+//!
+//! Each function here takes tensors of any backend `B` and returns `None` unless `B` is CUDA's
+//! or wgpu's CubeCL backend without Burn's fusion (whichever features are on), the tensors share
+//! one float type (f32, f16 or bf16) and the kernels are [`enabled`]; the callers
+//! ([`super::tensor_ad`]) then compose Burn's ops as before. Tested against the CPU backend's
+//! values in `runtime/tests/wgpu.rs`.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor};
+use std::sync::OnceLock;
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+use {super::cube_kernels as k, burn_cubecl::CubeBackend, std::any::TypeId};
+
+/// Whether the kernels run: yes unless `CANC_CUBE_KERNELS=0` (read once), which restores
+/// Burn's composed ops, e.g. to count or time both in one binary.
+pub fn enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("CANC_CUBE_KERNELS").as_deref() != Ok("0"))
+}
+
+/// Whether `dtypes` are one float type that these kernels take (f32, f16, bf16).
+fn one_float(dtypes: &[DType]) -> bool {
+    dtypes.first().is_some_and(|&d| {
+        matches!(d, DType::F32 | DType::F16 | DType::BF16) && dtypes.iter().all(|&t| t == d)
+    })
+}
+
+/// Runs `$body` with `$r` naming the CubeCL runtime of backend `$b` when `$b` is CUDA's or
+/// wgpu's `CubeBackend` (f32 default element, no fusion) and the kernels are enabled.
+macro_rules! on_runtime {
+    ($b:ty, $r:ident => $body:expr) => {{
+        #[cfg(feature = "cuda")]
+        if enabled()
+            && TypeId::of::<$b>()
+                == TypeId::of::<CubeBackend<burn::cubecl::cuda::CudaRuntime, f32, i32, u8>>()
+        {
+            #[allow(dead_code)]
+            type $r = burn::cubecl::cuda::CudaRuntime;
+            return $body;
+        }
+        #[cfg(feature = "wgpu")]
+        if enabled()
+            && TypeId::of::<$b>()
+                == TypeId::of::<CubeBackend<burn::cubecl::wgpu::WgpuRuntime, f32, i32, u32>>()
+        {
+            #[allow(dead_code)]
+            type $r = burn::cubecl::wgpu::WgpuRuntime;
+            return $body;
+        }
+        None
+    }};
+}
+
+/// LayerNorm of the rows of `x` (`[rows, d]`, biased variance): `(y, x̂, r)` with
+/// `y = x̂·γ + β`, `x̂ = (x − μ)·r` and `r = 1/√(σ² + ε)` (`[rows, 1]`), in one launch.
+#[cfg_attr(not(any(feature = "cuda", feature = "wgpu")), allow(unused_variables))]
+pub fn layer_norm<B: Backend>(
+    x: &Tensor<B, 2>,
+    gamma: &Tensor<B, 1>,
+    beta: &Tensor<B, 1>,
+    eps: f64,
+) -> Option<(Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>)> {
+    if !one_float(&[x.dtype(), gamma.dtype(), beta.dtype()]) {
+        return None;
+    }
+    on_runtime!(B, R => Some(k::layer_norm_on::<B, R>(x, gamma, beta, eps)))
+}
+
+/// LayerNorm's input gradient `dx = r·(g − mean(g) − x̂·mean(g·x̂))`, `g = dy·γ`, and `dy·x̂`
+/// (whose column sums are `dγ`), in one launch.
+#[cfg_attr(not(any(feature = "cuda", feature = "wgpu")), allow(unused_variables))]
+pub fn layer_norm_dx<B: Backend>(
+    dy: &Tensor<B, 2>,
+    xhat: &Tensor<B, 2>,
+    rstd: &Tensor<B, 2>,
+    gamma: &Tensor<B, 1>,
+) -> Option<(Tensor<B, 2>, Tensor<B, 2>)> {
+    if !one_float(&[dy.dtype(), xhat.dtype(), rstd.dtype(), gamma.dtype()]) {
+        return None;
+    }
+    on_runtime!(B, R => Some(k::layer_norm_dx_on::<B, R>(dy, xhat, rstd, gamma)))
+}
+
+/// Exact GELU of a flat `x`: `(x·Φ(x), Φ(x))`, `Φ(x) = (1 + erf(x/√2))/2`, in one launch.
+#[cfg_attr(not(any(feature = "cuda", feature = "wgpu")), allow(unused_variables))]
+pub fn gelu<B: Backend>(x: &Tensor<B, 1>) -> Option<(Tensor<B, 1>, Tensor<B, 1>)> {
+    if !one_float(&[x.dtype()]) {
+        return None;
+    }
+    on_runtime!(B, R => Some(k::gelu_on::<B, R>(x)))
+}
+
+/// GELU's input gradient `dy·(Φ(x) + x·φ(x))`, `φ(x) = e^{−x²/2}/√(2π)`, in one launch.
+#[cfg_attr(not(any(feature = "cuda", feature = "wgpu")), allow(unused_variables))]
+pub fn gelu_dx<B: Backend>(
+    dy: &Tensor<B, 1>,
+    x: &Tensor<B, 1>,
+    phi: &Tensor<B, 1>,
+) -> Option<Tensor<B, 1>> {
+    if !one_float(&[dy.dtype(), x.dtype(), phi.dtype()]) {
+        return None;
+    }
+    on_runtime!(B, R => Some(k::gelu_dx_on::<B, R>(dy, x, phi)))
+}
+
+/// `softmax(s·scale)` over the last dimension of `s`, in one launch.
+#[cfg_attr(not(any(feature = "cuda", feature = "wgpu")), allow(unused_variables))]
+pub fn softmax<B: Backend, const D: usize>(s: &Tensor<B, D>, scale: f64) -> Option<Tensor<B, D>> {
+    if !one_float(&[s.dtype()]) || s.dims()[D - 1] == 0 {
+        return None;
+    }
+    on_runtime!(B, R => Some(k::softmax_on::<B, R, D>(s, scale)))
+}

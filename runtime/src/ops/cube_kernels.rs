@@ -1,0 +1,415 @@
+//! The CubeCL kernels behind [`super::cube`] and their launches, for the CUDA and wgpu
+//! backends (compiled with either feature).
+//!
+//! Row-wise kernels (LayerNorm forward and `dx`, the scaled softmax) run one cube of 32–128
+//! units per row: unit `u` takes the row's elements `u, u + w, …`, so a cube's loads are
+//! contiguous, and the row's sums and maxima meet in shared memory. GELU and its gradient run
+//! one unit per element. Every kernel accumulates in f32 whatever the tensors' float type.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Shape, Tensor, TensorPrimitive};
+use burn_cubecl::CubeRuntime;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::prelude::*;
+use cubecl::{CubeDim, calculate_cube_count_elemwise};
+use std::any::Any;
+
+/// The sum of every unit's `v` over this cube's `w` units, for all of them, through `shared`
+/// (`w` floats; a fixed order, so every unit gets the same bits).
+#[cube]
+fn cube_sum(v: f32, shared: &mut SharedMemory<f32>, #[comptime] w: usize) -> f32 {
+    shared[UNIT_POS as usize] = v;
+    sync_cube();
+    let mut total = f32::new(0.0);
+    for i in 0..w {
+        total += shared[i];
+    }
+    sync_cube();
+    total
+}
+
+/// The largest of every unit's `v` over this cube's `w` units, as [`cube_sum`].
+#[cube]
+fn cube_max(v: f32, shared: &mut SharedMemory<f32>, #[comptime] w: usize) -> f32 {
+    shared[UNIT_POS as usize] = v;
+    sync_cube();
+    let mut m = shared[0];
+    for i in 1..w {
+        m = f32::max(m, shared[i]);
+    }
+    sync_cube();
+    m
+}
+
+/// One cube of `w` units per row of `x` (`[rows, d]`); unit `u` takes columns `u, u + w, …`,
+/// so a cube's loads are contiguous.
+#[cube(launch)]
+fn layer_norm_kernel<E: Float>(
+    x: &Array<E>,
+    gamma: &Array<E>,
+    beta: &Array<E>,
+    y: &mut Array<E>,
+    xhat: &mut Array<E>,
+    rstd: &mut Array<E>,
+    rows: usize,
+    d: usize,
+    eps: f32,
+    #[comptime] w: usize,
+    #[define(E)] _dtype: StorageType,
+) {
+    let row = CUBE_POS;
+    if row >= rows {
+        terminate!();
+    }
+    let mut shared = SharedMemory::<f32>::new(w);
+    let (u, base, steps) = (UNIT_POS as usize, row * d, d.div_ceil(w));
+    let inv_d = f32::new(1.0) / f32::cast_from(d);
+    let mut part = f32::new(0.0);
+    for k in 0..steps {
+        let i = k * w + u;
+        if i < d {
+            part += f32::cast_from(x[base + i]);
+        }
+    }
+    let mean = cube_sum(part, &mut shared, w) * inv_d;
+    let mut part = f32::new(0.0);
+    for k in 0..steps {
+        let i = k * w + u;
+        if i < d {
+            let c = f32::cast_from(x[base + i]) - mean;
+            part += c * c;
+        }
+    }
+    let r = f32::new(1.0) / f32::sqrt(cube_sum(part, &mut shared, w) * inv_d + eps);
+    for k in 0..steps {
+        let i = k * w + u;
+        if i < d {
+            let h = (f32::cast_from(x[base + i]) - mean) * r;
+            xhat[base + i] = E::cast_from(h);
+            y[base + i] = E::cast_from(h * f32::cast_from(gamma[i]) + f32::cast_from(beta[i]));
+        }
+    }
+    if u == 0 {
+        rstd[row] = E::cast_from(r);
+    }
+}
+
+/// One cube of `w` units per row, as [`layer_norm_kernel`].
+#[cube(launch)]
+fn layer_norm_dx_kernel<E: Float>(
+    dy: &Array<E>,
+    xhat: &Array<E>,
+    rstd: &Array<E>,
+    gamma: &Array<E>,
+    dx: &mut Array<E>,
+    dy_xhat: &mut Array<E>,
+    rows: usize,
+    d: usize,
+    #[comptime] w: usize,
+    #[define(E)] _dtype: StorageType,
+) {
+    let row = CUBE_POS;
+    if row >= rows {
+        terminate!();
+    }
+    let mut shared = SharedMemory::<f32>::new(w);
+    let (u, base, steps) = (UNIT_POS as usize, row * d, d.div_ceil(w));
+    let inv_d = f32::new(1.0) / f32::cast_from(d);
+    let mut p1 = f32::new(0.0);
+    let mut p2 = f32::new(0.0);
+    for k in 0..steps {
+        let i = k * w + u;
+        if i < d {
+            let g = f32::cast_from(dy[base + i]) * f32::cast_from(gamma[i]);
+            p1 += g;
+            p2 += g * f32::cast_from(xhat[base + i]);
+        }
+    }
+    let m1 = cube_sum(p1, &mut shared, w) * inv_d;
+    let m2 = cube_sum(p2, &mut shared, w) * inv_d;
+    let r = f32::cast_from(rstd[row]);
+    for k in 0..steps {
+        let i = k * w + u;
+        if i < d {
+            let g = f32::cast_from(dy[base + i]);
+            let h = f32::cast_from(xhat[base + i]);
+            dx[base + i] = E::cast_from(r * (g * f32::cast_from(gamma[i]) - m1 - h * m2));
+            dy_xhat[base + i] = E::cast_from(g * h);
+        }
+    }
+}
+
+#[cube(launch)]
+fn gelu_kernel<E: Float>(
+    x: &Array<E>,
+    y: &mut Array<E>,
+    phi: &mut Array<E>,
+    n: usize,
+    #[define(E)] _dtype: StorageType,
+) {
+    let i = ABSOLUTE_POS;
+    if i >= n {
+        terminate!();
+    }
+    let v = f32::cast_from(x[i]);
+    let p =
+        f32::new(0.5) * (f32::new(1.0) + Erf::erf(v * f32::new(core::f32::consts::FRAC_1_SQRT_2)));
+    phi[i] = E::cast_from(p);
+    y[i] = E::cast_from(v * p);
+}
+
+#[cube(launch)]
+fn gelu_dx_kernel<E: Float>(
+    dy: &Array<E>,
+    x: &Array<E>,
+    phi: &Array<E>,
+    dx: &mut Array<E>,
+    n: usize,
+    #[define(E)] _dtype: StorageType,
+) {
+    let i = ABSOLUTE_POS;
+    if i >= n {
+        terminate!();
+    }
+    let v = f32::cast_from(x[i]);
+    // φ(x) = e^{−x²/2}/√(2π)
+    let pdf = f32::exp(v * v * f32::new(-0.5)) * f32::new(0.398_942_3);
+    dx[i] = E::cast_from(f32::cast_from(dy[i]) * (v * pdf + f32::cast_from(phi[i])));
+}
+
+/// One cube of `w` units per row of `len` scores, as [`layer_norm_kernel`].
+#[cube(launch)]
+fn softmax_kernel<E: Float>(
+    s: &Array<E>,
+    p: &mut Array<E>,
+    rows: usize,
+    len: usize,
+    scale: f32,
+    #[comptime] w: usize,
+    #[define(E)] _dtype: StorageType,
+) {
+    let row = CUBE_POS;
+    if row >= rows {
+        terminate!();
+    }
+    let mut shared = SharedMemory::<f32>::new(w);
+    let (u, base, steps) = (UNIT_POS as usize, row * len, len.div_ceil(w));
+    // A finite floor: WGSL has no infinite literals.
+    let mut part = f32::new(-3.0e38);
+    for k in 0..steps {
+        let i = k * w + u;
+        if i < len {
+            part = f32::max(part, f32::cast_from(s[base + i]) * scale);
+        }
+    }
+    let max = cube_max(part, &mut shared, w);
+    let mut part = f32::new(0.0);
+    for k in 0..steps {
+        let i = k * w + u;
+        if i < len {
+            part += f32::exp(f32::cast_from(s[base + i]) * scale - max);
+        }
+    }
+    let inv = f32::new(1.0) / cube_sum(part, &mut shared, w);
+    for k in 0..steps {
+        let i = k * w + u;
+        if i < len {
+            p[base + i] = E::cast_from(f32::exp(f32::cast_from(s[base + i]) * scale - max) * inv);
+        }
+    }
+}
+
+/// The backend's primitive of `t`, as runtime `R`'s `CubeTensor` (the caller checked the type),
+/// made contiguous.
+fn cube<B: Backend, R: CubeRuntime, const D: usize>(t: &Tensor<B, D>) -> CubeTensor<R> {
+    let p: B::FloatTensorPrimitive = t.clone().into_primitive().tensor();
+    let boxed: Box<dyn Any> = Box::new(p);
+    into_contiguous(
+        *boxed
+            .downcast::<CubeTensor<R>>()
+            .unwrap_or_else(|_| unreachable!("cube: the backend was checked to be CubeCL's")),
+    )
+}
+
+/// `t` back as a tensor of backend `B`.
+fn tensor<B: Backend, R: CubeRuntime, const D: usize>(t: CubeTensor<R>) -> Tensor<B, D> {
+    let boxed: Box<dyn Any> = Box::new(t);
+    let p = *boxed
+        .downcast::<B::FloatTensorPrimitive>()
+        .unwrap_or_else(|_| unreachable!("tensor: the backend was checked to be CubeCL's"));
+    Tensor::from_primitive(TensorPrimitive::Float(p))
+}
+
+/// An uninitialised tensor like `t` with `shape`.
+fn empty<R: CubeRuntime>(t: &CubeTensor<R>, shape: Shape) -> CubeTensor<R> {
+    empty_device_dtype(t.client.clone(), t.device.clone(), shape, t.dtype)
+}
+
+/// A 1-D launch of `units` units.
+fn grid<R: CubeRuntime>(t: &CubeTensor<R>, units: usize) -> (CubeCount, CubeDim) {
+    let dim = CubeDim::new(&t.client, units);
+    (calculate_cube_count_elemwise(&t.client, units, dim), dim)
+}
+
+/// The units per row for rows of `len` (32, 64 or 128: about four values a unit, at most 128).
+fn row_width(len: usize) -> usize {
+    (len / 4).next_power_of_two().clamp(32, 128)
+}
+
+/// A launch of one cube of `w` units per row, `rows` rows.
+fn row_grid<R: CubeRuntime>(t: &CubeTensor<R>, rows: usize, w: usize) -> (CubeCount, CubeDim) {
+    let dim = CubeDim::new_1d(w as u32);
+    (calculate_cube_count_elemwise(&t.client, rows * w, dim), dim)
+}
+
+/// [`super::cube::layer_norm`] on runtime `R` (the caller checked that `B` is its backend).
+pub(super) fn layer_norm_on<B: Backend, R: CubeRuntime>(
+    x: &Tensor<B, 2>,
+    gamma: &Tensor<B, 1>,
+    beta: &Tensor<B, 1>,
+    eps: f64,
+) -> (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>) {
+    let [rows, d] = x.dims();
+    let (x, g, b) = (
+        cube::<B, R, 2>(x),
+        cube::<B, R, 1>(gamma),
+        cube::<B, R, 1>(beta),
+    );
+    let dtype = x.dtype;
+    let y = empty(&x, Shape::new([rows, d]));
+    let xhat = empty(&x, Shape::new([rows, d]));
+    let rstd = empty(&x, Shape::new([rows, 1]));
+    let w = row_width(d);
+    let (count, dim) = row_grid(&x, rows, w);
+    layer_norm_kernel::launch(
+        &x.client,
+        count,
+        dim,
+        x.clone().into_array_arg(),
+        g.into_array_arg(),
+        b.into_array_arg(),
+        y.clone().into_array_arg(),
+        xhat.clone().into_array_arg(),
+        rstd.clone().into_array_arg(),
+        rows,
+        d,
+        eps as f32,
+        w,
+        dtype.into(),
+    );
+    (tensor(y), tensor(xhat), tensor(rstd))
+}
+
+/// [`super::cube::layer_norm_dx`] on runtime `R` (the caller checked that `B` is its backend).
+pub(super) fn layer_norm_dx_on<B: Backend, R: CubeRuntime>(
+    dy: &Tensor<B, 2>,
+    xhat: &Tensor<B, 2>,
+    rstd: &Tensor<B, 2>,
+    gamma: &Tensor<B, 1>,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let [rows, d] = dy.dims();
+    let (dy, xhat) = (cube::<B, R, 2>(dy), cube::<B, R, 2>(xhat));
+    let (rstd, g) = (cube::<B, R, 2>(rstd), cube::<B, R, 1>(gamma));
+    let dtype = dy.dtype;
+    let dx = empty(&dy, Shape::new([rows, d]));
+    let dy_xhat = empty(&dy, Shape::new([rows, d]));
+    let w = row_width(d);
+    let (count, dim) = row_grid(&dy, rows, w);
+    layer_norm_dx_kernel::launch(
+        &dy.client,
+        count,
+        dim,
+        dy.clone().into_array_arg(),
+        xhat.into_array_arg(),
+        rstd.into_array_arg(),
+        g.into_array_arg(),
+        dx.clone().into_array_arg(),
+        dy_xhat.clone().into_array_arg(),
+        rows,
+        d,
+        w,
+        dtype.into(),
+    );
+    (tensor(dx), tensor(dy_xhat))
+}
+
+/// [`super::cube::gelu`] on runtime `R` (the caller checked that `B` is its backend).
+pub(super) fn gelu_on<B: Backend, R: CubeRuntime>(
+    x: &Tensor<B, 1>,
+) -> (Tensor<B, 1>, Tensor<B, 1>) {
+    let [n] = x.dims();
+    let x = cube::<B, R, 1>(x);
+    let dtype = x.dtype;
+    let (y, phi) = (empty(&x, Shape::new([n])), empty(&x, Shape::new([n])));
+    let (count, dim) = grid(&x, n);
+    gelu_kernel::launch(
+        &x.client,
+        count,
+        dim,
+        x.clone().into_array_arg(),
+        y.clone().into_array_arg(),
+        phi.clone().into_array_arg(),
+        n,
+        dtype.into(),
+    );
+    (tensor(y), tensor(phi))
+}
+
+/// [`super::cube::gelu_dx`] on runtime `R` (the caller checked that `B` is its backend).
+pub(super) fn gelu_dx_on<B: Backend, R: CubeRuntime>(
+    dy: &Tensor<B, 1>,
+    x: &Tensor<B, 1>,
+    phi: &Tensor<B, 1>,
+) -> Tensor<B, 1> {
+    let [n] = dy.dims();
+    let (dy, x, phi) = (
+        cube::<B, R, 1>(dy),
+        cube::<B, R, 1>(x),
+        cube::<B, R, 1>(phi),
+    );
+    let dtype = dy.dtype;
+    let dx = empty(&dy, Shape::new([n]));
+    let (count, dim) = grid(&dy, n);
+    gelu_dx_kernel::launch(
+        &dy.client,
+        count,
+        dim,
+        dy.clone().into_array_arg(),
+        x.into_array_arg(),
+        phi.into_array_arg(),
+        dx.clone().into_array_arg(),
+        n,
+        dtype.into(),
+    );
+    tensor(dx)
+}
+
+/// [`super::cube::softmax`] on runtime `R` (the caller checked that `B` is its backend).
+pub(super) fn softmax_on<B: Backend, R: CubeRuntime, const D: usize>(
+    s: &Tensor<B, D>,
+    scale: f64,
+) -> Tensor<B, D> {
+    let dims = s.dims();
+    let len = dims[D - 1];
+    let rows = dims.iter().product::<usize>() / len;
+    let s = cube::<B, R, D>(s);
+    let dtype = s.dtype;
+    let p = empty(&s, Shape::new(dims));
+    let w = row_width(len);
+    let (count, dim) = row_grid(&s, rows, w);
+    softmax_kernel::launch(
+        &s.client,
+        count,
+        dim,
+        s.clone().into_array_arg(),
+        p.clone().into_array_arg(),
+        rows,
+        len,
+        scale as f32,
+        w,
+        dtype.into(),
+    );
+    tensor(p)
+}
