@@ -363,9 +363,42 @@ fn cube_kernels_match_burns_ops_on_the_cpu() {
     // Scaled softmax over the last dimension, of a [2, 3, 5, 7] score tensor.
     let s: Vec<f32> = values(2 * 3 * 5 * 7, 5).iter().map(|v| v * 40.0).collect();
     let st = TensorData::new(s, [2, 3, 5, 7]);
+    let st_copy = st.clone();
     let p = cube::softmax(&Tensor::<Wgpu, 4>::from_data(st.clone(), &gpu), 0.5)
         .expect("the kernels run on wgpu");
     let pc =
         burn::tensor::activation::softmax(Tensor::<Cpu, 4>::from_data(st, &cpu).mul_scalar(0.5), 3);
-    assert_close("softmax", &host(p), &host(pc), 1e-5);
+    assert_close("softmax", &host(p.clone()), &host(pc), 1e-5);
+
+    // Its backward step, against Burn's autodiff of softmax(s·scale) for a gradient dp.
+    let dp = values(2 * 3 * 5 * 7, 6);
+    let sc = Tensor::<CpuTrain, 4>::from_data(st_copy.clone(), &cpu).require_grad();
+    let pc = burn::tensor::activation::softmax(sc.clone().mul_scalar(0.5), 3);
+    let dpt = TensorData::new(dp, [2, 3, 5, 7]);
+    let grads = (pc * Tensor::<CpuTrain, 4>::from_data(dpt.clone(), &cpu))
+        .sum()
+        .backward();
+    let ds = cube::softmax_dx(&p, &Tensor::<Wgpu, 4>::from_data(dpt, &gpu), 0.5)
+        .expect("the kernels run on wgpu");
+    assert_close(
+        "softmax dx",
+        &host(ds),
+        &host(sc.grad(&grads).expect("ds")),
+        1e-5,
+    );
+
+    // Heads: [B, T, 3·H·dh] -> [3, B, H, T, dh], as Burn's reshape and permute on the CPU,
+    // and packed back.
+    let (bt, t, h, dh) = (2, 5, 3, 4);
+    let qkv = values(bt * t * 3 * h * dh, 7);
+    let qd = TensorData::new(qkv.clone(), [bt, t, 3 * h * dh]);
+    let parts = cube::split_heads(&Tensor::<Wgpu, 3>::from_data(qd.clone(), &gpu), 3, h)
+        .expect("the kernels run on wgpu");
+    let parts_c = Tensor::<Cpu, 3>::from_data(qd, &cpu)
+        .reshape([bt, t, 3, h, dh])
+        .permute([2, 0, 3, 1, 4]);
+    assert_close("split_heads", &host(parts.clone()), &host(parts_c), 0.0);
+    let part = |i: usize| parts.clone().narrow(0, i, 1).reshape([bt, h, t, dh]);
+    let packed = cube::pack_heads(&part(0), &part(1), &part(2)).expect("the kernels run on wgpu");
+    assert_close("pack_heads", &host(packed), &qkv, 0.0);
 }

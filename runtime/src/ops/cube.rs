@@ -119,3 +119,48 @@ pub fn softmax<B: Backend, const D: usize>(s: &Tensor<B, D>, scale: f64) -> Opti
     }
     on_runtime!(B, R => Some(k::softmax_on::<B, R, D>(s, scale)))
 }
+
+/// The heads of `x` (`[B, T, parts·heads·dh]`, the last dimension laid out `(parts, heads,
+/// dh)`) as one contiguous `[parts, B, heads, T, dh]`, in one launch.
+#[cfg_attr(not(any(feature = "cuda", feature = "wgpu")), allow(unused_variables))]
+pub fn split_heads<B: Backend>(
+    x: &Tensor<B, 3>,
+    parts: usize,
+    heads: usize,
+) -> Option<Tensor<B, 5>> {
+    let width = x.dims()[2];
+    if !one_float(&[x.dtype()]) || parts * heads == 0 || !width.is_multiple_of(parts * heads) {
+        return None;
+    }
+    on_runtime!(B, R => Some(k::split_heads_on::<B, R>(x, parts, heads)))
+}
+
+/// `dq`, `dk`, `dv` (`[B, heads, T, dh]` each) packed as a `qkv` gradient `[B, T, 3·heads·dh]`
+/// (the inverse of [`split_heads`] with three parts), in one launch.
+#[cfg_attr(not(any(feature = "cuda", feature = "wgpu")), allow(unused_variables))]
+pub fn pack_heads<B: Backend>(
+    dq: &Tensor<B, 4>,
+    dk: &Tensor<B, 4>,
+    dv: &Tensor<B, 4>,
+) -> Option<Tensor<B, 3>> {
+    let same = dq.dims() == dk.dims() && dq.dims() == dv.dims();
+    if !same || !one_float(&[dq.dtype(), dk.dtype(), dv.dtype()]) {
+        return None;
+    }
+    on_runtime!(B, R => Some(k::pack_heads_on::<B, R>(dq, dk, dv)))
+}
+
+/// The backward step of `p = softmax(s·scale)` over the last dimension: `ds = p ⊙ (dp −
+/// rowsum(dp ⊙ p))·scale`, in one launch.
+#[cfg_attr(not(any(feature = "cuda", feature = "wgpu")), allow(unused_variables))]
+pub fn softmax_dx<B: Backend, const D: usize>(
+    p: &Tensor<B, D>,
+    dp: &Tensor<B, D>,
+    scale: f64,
+) -> Option<Tensor<B, D>> {
+    let ok = p.dims() == dp.dims() && p.dims()[D - 1] > 0;
+    if !ok || !one_float(&[p.dtype(), dp.dtype()]) {
+        return None;
+    }
+    on_runtime!(B, R => Some(k::softmax_dx_on::<B, R, D>(p, dp, scale)))
+}

@@ -221,6 +221,105 @@ fn softmax_kernel<E: Float>(
     }
 }
 
+/// `[B, T, S, H, dh]` → `[S, B, H, T, dh]` (the heads of a packed `qkv`, or of an attention
+/// output's gradient with `S = 1`): one unit per element.
+#[cube(launch)]
+fn split_heads_kernel<E: Float>(
+    x: &Array<E>,
+    out: &mut Array<E>,
+    b: usize,
+    t: usize,
+    s: usize,
+    h: usize,
+    dh: usize,
+    #[define(E)] _dtype: StorageType,
+) {
+    let i = ABSOLUTE_POS;
+    if i >= b * t * s * h * dh {
+        terminate!();
+    }
+    let e = i % dh;
+    let r = i / dh;
+    let head = r % h;
+    let r = r / h;
+    let part = r % s;
+    let r = r / s;
+    let tok = r % t;
+    let img = r / t;
+    out[(((part * b + img) * h + head) * t + tok) * dh + e] = x[i];
+}
+
+/// `dq`, `dk`, `dv` (`[B, H, T, dh]` each) → `dqkv` `[B, T, 3, H, dh]`: one unit per element.
+#[cube(launch)]
+fn pack_heads_kernel<E: Float>(
+    dq: &Array<E>,
+    dk: &Array<E>,
+    dv: &Array<E>,
+    out: &mut Array<E>,
+    b: usize,
+    t: usize,
+    h: usize,
+    dh: usize,
+    #[define(E)] _dtype: StorageType,
+) {
+    let i = ABSOLUTE_POS;
+    if i >= b * t * 3 * h * dh {
+        terminate!();
+    }
+    let e = i % dh;
+    let r = i / dh;
+    let head = r % h;
+    let r = r / h;
+    let part = r % 3;
+    let r = r / 3;
+    let tok = r % t;
+    let img = r / t;
+    let src = ((img * h + head) * t + tok) * dh + e;
+    if part == 0 {
+        out[i] = dq[src];
+    } else if part == 1 {
+        out[i] = dk[src];
+    } else {
+        out[i] = dv[src];
+    }
+}
+
+/// The softmax's backward step `dS = P ⊙ (dP − rowsum(dP ⊙ P))·scale`, one cube of `w` units
+/// per row of `len`, as [`layer_norm_kernel`].
+#[cube(launch)]
+fn softmax_dx_kernel<E: Float>(
+    p: &Array<E>,
+    dp: &Array<E>,
+    ds: &mut Array<E>,
+    rows: usize,
+    len: usize,
+    scale: f32,
+    #[comptime] w: usize,
+    #[define(E)] _dtype: StorageType,
+) {
+    let row = CUBE_POS;
+    if row >= rows {
+        terminate!();
+    }
+    let mut shared = SharedMemory::<f32>::new(w);
+    let (u, base, steps) = (UNIT_POS as usize, row * len, len.div_ceil(w));
+    let mut part = f32::new(0.0);
+    for k in 0..steps {
+        let i = k * w + u;
+        if i < len {
+            part += f32::cast_from(dp[base + i]) * f32::cast_from(p[base + i]);
+        }
+    }
+    let dot = cube_sum(part, &mut shared, w);
+    for k in 0..steps {
+        let i = k * w + u;
+        if i < len {
+            let pi = f32::cast_from(p[base + i]);
+            ds[base + i] = E::cast_from(pi * (f32::cast_from(dp[base + i]) - dot) * scale);
+        }
+    }
+}
+
 /// The backend's primitive of `t`, as runtime `R`'s `CubeTensor` (the caller checked the type),
 /// made contiguous.
 fn cube<B: Backend, R: CubeRuntime, const D: usize>(t: &Tensor<B, D>) -> CubeTensor<R> {
@@ -412,4 +511,94 @@ pub(super) fn softmax_on<B: Backend, R: CubeRuntime, const D: usize>(
         dtype.into(),
     );
     tensor(p)
+}
+
+/// [`super::cube::split_heads`] on runtime `R` (the caller checked that `B` is its backend).
+pub(super) fn split_heads_on<B: Backend, R: CubeRuntime>(
+    x: &Tensor<B, 3>,
+    parts: usize,
+    heads: usize,
+) -> Tensor<B, 5> {
+    let [b, t, width] = x.dims();
+    let dh = width / parts / heads;
+    let x = cube::<B, R, 3>(x);
+    let dtype = x.dtype;
+    let out = empty(&x, Shape::new([parts, b, heads, t, dh]));
+    let (count, dim) = grid(&x, b * t * width);
+    split_heads_kernel::launch(
+        &x.client,
+        count,
+        dim,
+        x.clone().into_array_arg(),
+        out.clone().into_array_arg(),
+        b,
+        t,
+        parts,
+        heads,
+        dh,
+        dtype.into(),
+    );
+    tensor(out)
+}
+
+/// [`super::cube::pack_heads`] on runtime `R` (the caller checked that `B` is its backend).
+pub(super) fn pack_heads_on<B: Backend, R: CubeRuntime>(
+    dq: &Tensor<B, 4>,
+    dk: &Tensor<B, 4>,
+    dv: &Tensor<B, 4>,
+) -> Tensor<B, 3> {
+    let [b, h, t, dh] = dq.dims();
+    let (dq, dk, dv) = (
+        cube::<B, R, 4>(dq),
+        cube::<B, R, 4>(dk),
+        cube::<B, R, 4>(dv),
+    );
+    let dtype = dq.dtype;
+    let out = empty(&dq, Shape::new([b, t, 3 * h * dh]));
+    let (count, dim) = grid(&dq, b * t * 3 * h * dh);
+    pack_heads_kernel::launch(
+        &dq.client,
+        count,
+        dim,
+        dq.clone().into_array_arg(),
+        dk.into_array_arg(),
+        dv.into_array_arg(),
+        out.clone().into_array_arg(),
+        b,
+        t,
+        h,
+        dh,
+        dtype.into(),
+    );
+    tensor(out)
+}
+
+/// [`super::cube::softmax_dx`] on runtime `R` (the caller checked that `B` is its backend).
+pub(super) fn softmax_dx_on<B: Backend, R: CubeRuntime, const D: usize>(
+    p: &Tensor<B, D>,
+    dp: &Tensor<B, D>,
+    scale: f64,
+) -> Tensor<B, D> {
+    let dims = p.dims();
+    let len = dims[D - 1];
+    let rows = dims.iter().product::<usize>() / len;
+    let (p, dp) = (cube::<B, R, D>(p), cube::<B, R, D>(dp));
+    let dtype = p.dtype;
+    let ds = empty(&p, Shape::new(dims));
+    let w = row_width(len);
+    let (count, dim) = row_grid(&p, rows, w);
+    softmax_dx_kernel::launch(
+        &p.client,
+        count,
+        dim,
+        p.clone().into_array_arg(),
+        dp.into_array_arg(),
+        ds.clone().into_array_arg(),
+        rows,
+        len,
+        scale as f32,
+        w,
+        dtype.into(),
+    );
+    tensor(ds)
 }

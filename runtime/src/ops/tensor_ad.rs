@@ -22,8 +22,9 @@
 //! `φ(x) = e^{−x²/2}/√(2π)`, in 7.
 //!
 //! On CUDA and wgpu, canc's own kernels ([`super::cube`]) compute the LayerNorm forward and
-//! `dx`, the attention's scaled softmax and GELU both ways in one launch each (LayerNorm's `dγ`
-//! and `dβ` stay two column sums); the tensor-op forms above are what other backends, other
+//! `dx`, the attention's scaled softmax and its backward step, the split of `qkv` into heads and
+//! the packing of `dqkv`, and GELU both ways, in one launch each (LayerNorm's `dγ` and `dβ` stay
+//! two column sums); the tensor-op forms above are what other backends, other
 //! dtypes and `CANC_CUBE_KERNELS=0` run.
 
 use burn::backend::Autodiff;
@@ -170,17 +171,24 @@ impl<B: Backend> Backward<B, 1> for Attn {
             (inner(s.q), inner(s.k), inner(s.v), inner(s.p));
         let [b, heads, t, dh] = q.dims();
         // [B, T, d] -> [B, heads, T, dh]
-        let d_o = dy.reshape([b, t, heads, dh]).swap_dims(1, 2);
+        let d_o = match super::cube::split_heads(&dy, 1, heads) {
+            Some(o) => o.reshape([b, heads, t, dh]),
+            None => dy.reshape([b, t, heads, dh]).swap_dims(1, 2),
+        };
         let dv = p.clone().swap_dims(2, 3).matmul(d_o.clone());
         let dp = d_o.matmul(v.swap_dims(2, 3));
-        let row = (dp.clone() * p.clone()).sum_dim(3);
-        let ds = (p * (dp - row)).mul_scalar(s.scale);
+        let ds = super::cube::softmax_dx(&p, &dp, s.scale).unwrap_or_else(|| {
+            let row = (dp.clone() * p.clone()).sum_dim(3);
+            (p * (dp - row)).mul_scalar(s.scale)
+        });
         let dq = ds.clone().matmul(k);
         let dk = ds.swap_dims(2, 3).matmul(q);
         // [3, B, heads, T, dh] -> [B, T, 3, heads, dh] -> [B, T, 3d]
-        let dqkv = Tensor::stack::<5>(vec![dq, dk, dv], 0)
-            .permute([1, 3, 0, 2, 4])
-            .reshape([b, t, 3 * heads * dh]);
+        let dqkv = super::cube::pack_heads(&dq, &dk, &dv).unwrap_or_else(|| {
+            Tensor::stack::<5>(vec![dq, dk, dv], 0)
+                .permute([1, 3, 0, 2, 4])
+                .reshape([b, t, 3 * heads * dh])
+        });
         grads.register::<B>(parent.id, raw(dqkv));
     }
 }
@@ -193,9 +201,9 @@ pub fn attention<B: Backend>(qkv: Tensor<Autodiff<B>, 3>, heads: usize) -> Tenso
     let dh = w / 3 / heads;
     let xp: Prim<B> = qkv.into_primitive().tensor();
     // [B, T, 3d] -> [3, B, heads, T, dh]
-    let x = inner::<B, 3>(xp.primitive.clone())
-        .reshape([b, t, 3, heads, dh])
-        .permute([2, 0, 3, 1, 4]);
+    let xi = inner::<B, 3>(xp.primitive.clone());
+    let x = super::cube::split_heads(&xi, 3, heads)
+        .unwrap_or_else(|| xi.reshape([b, t, 3, heads, dh]).permute([2, 0, 3, 1, 4]));
     let part = |i: usize| x.clone().narrow(0, i, 1).reshape([b, heads, t, dh]);
     let (q, k, v) = (part(0), part(1), part(2));
     let scale = 1.0 / (dh as f64).sqrt();
