@@ -10,6 +10,11 @@
 //! the CPU steps each tensor in place instead ([`crate::adamw::PerTensorAdamW`]; see
 //! [`crate::train::RunOptions::flat_adamw`]).
 //!
+//! The flat weights of one step are the next step's too, without the copies, when every
+//! parameter is still the view this optimizer handed out: each is recognised by its autodiff
+//! graph node, which a parameter replaced from outside (a loaded checkpoint, another
+//! optimizer) does not share. Then a step is `n + 18` ops (CAN: 150).
+//!
 //! The arithmetic is Burn's AdamW op for op (same order, same f32 scalars), so the weights are
 //! bitwise equal to what Burn's optimizer gives; its state is stored as Burn's per-parameter
 //! record ([`AdamWRecord`]), so checkpoints written by either resume in the other.
@@ -43,7 +48,17 @@ pub struct FlatAdamW<M, B: AutodiffBackend> {
     flat: Option<Flat<B::InnerBackend>>,
     /// State of parameters not in that layout: loaded from a record, or left out of a step.
     parked: HashMap<ParamId, AdaptorRecord<PerTensorAdamW, B>>,
+    /// The last step's flat weights and the graph node of each parameter it handed out.
+    last: Option<Last<B::InnerBackend>>,
     module: PhantomData<M>,
+}
+
+/// A step's updated flat weights, and per parameter (in layout order) its id and the autodiff
+/// graph node of the view the step handed out.
+#[derive(Clone)]
+struct Last<B: Backend> {
+    weights: Tensor<B, 1>,
+    nodes: Vec<(ParamId, Option<u64>)>,
 }
 
 /// Where one parameter lies in the flat buffers.
@@ -85,6 +100,7 @@ impl<M, B: AutodiffBackend> Clone for FlatAdamW<M, B> {
             weight_decay: self.weight_decay,
             flat: self.flat.clone(),
             parked: self.parked.clone(),
+            last: self.last.clone(),
             module: PhantomData,
         }
     }
@@ -101,6 +117,7 @@ impl<M, B: AutodiffBackend> FlatAdamW<M, B> {
             weight_decay,
             flat: None,
             parked: HashMap::new(),
+            last: None,
             module: PhantomData,
         }
     }
@@ -158,6 +175,7 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> FlatAdamW<M, B> {
             segs: Vec::new(),
             params: Vec::new(),
             grad: Vec::new(),
+            nodes: Vec::new(),
             total: 0,
         };
         module.visit(&mut c);
@@ -165,14 +183,19 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> FlatAdamW<M, B> {
             segs,
             params,
             grad,
+            nodes,
             total,
             ..
         } = c;
         let Some(device) = params.first().map(Tensor::device) else {
             return module;
         };
-        // The flat weights and gradients: one copy per tensor, zeros in the padding.
-        let p = end_to_end(params, &segs, total, &device);
+        // The flat weights and gradients: one copy per tensor, zeros in the padding; the weights
+        // as the last step left them where every parameter is still its view.
+        let p = match self.last.take() {
+            Some(last) if unchanged(&last, &segs, &nodes, total) => last.weights,
+            _ => end_to_end(params, &segs, total, &device),
+        };
         let g = end_to_end(grad, &segs, total, &device);
         let at: HashMap<ParamId, (usize, usize)> =
             segs.iter().map(|s| (s.id, (s.offset, s.len()))).collect();
@@ -221,8 +244,69 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> FlatAdamW<M, B> {
         f.moment_1 = m;
         f.moment_2 = v;
         self.flat = Some(f);
-        module.map(&mut Put { at, flat: p })
+        let mut put = Put {
+            at,
+            flat: p,
+            nodes: HashMap::new(),
+        };
+        let module = module.map(&mut put);
+        let nodes = segs_nodes(&self.flat, &put.nodes);
+        self.last = Some(Last {
+            weights: put.flat,
+            nodes,
+        });
+        module
     }
+}
+
+/// Whether the parameters of this step (`segs`, with their graph `nodes`) are the views that
+/// `last` handed out, so that its weights are theirs.
+fn unchanged<B: Backend>(
+    last: &Last<B>,
+    segs: &[Seg],
+    nodes: &[Option<u64>],
+    total: usize,
+) -> bool {
+    last.weights.dims()[0] == total
+        && last.nodes.len() == segs.len()
+        && nodes.len() == segs.len()
+        && last
+            .nodes
+            .iter()
+            .zip(segs.iter().zip(nodes))
+            .all(|((id, a), (s, b))| *id == s.id && a.is_some() && a == b)
+}
+
+/// Per parameter of the layout, in its order, the node [`Put`] gave it.
+fn segs_nodes<B: Backend>(
+    flat: &Option<Flat<B>>,
+    put: &HashMap<ParamId, Option<u64>>,
+) -> Vec<(ParamId, Option<u64>)> {
+    flat.iter()
+        .flat_map(|f| &f.segs)
+        .map(|s| (s.id, put.get(&s.id).copied().flatten()))
+        .collect()
+}
+
+/// The autodiff graph node of `t`, on the training backends canc builds (`None` on others).
+fn node_id<B: AutodiffBackend, const D: usize>(t: Tensor<B, D>) -> Option<u64> {
+    use burn::tensor::backend::BackendTypes;
+    let p: Box<dyn std::any::Any> = Box::new(t.into_primitive().tensor());
+    macro_rules! node {
+        ($inner:ty) => {
+            if let Some(a) = p.downcast_ref::<
+                            <burn::backend::Autodiff<$inner> as BackendTypes>::FloatTensorPrimitive,
+                        >() {
+                            return Some(a.node.id.value);
+                        }
+        };
+    }
+    node!(crate::backend::Cpu);
+    #[cfg(feature = "cuda")]
+    node!(crate::backend::Gpu);
+    #[cfg(feature = "wgpu")]
+    node!(crate::backend::Wgpu);
+    None
 }
 
 /// `pieces` (segment `segs[i]`'s values) laid end to end in one tensor of `total` elements, with
@@ -276,6 +360,8 @@ struct Collect<'a, B: AutodiffBackend> {
     segs: Vec<Seg>,
     params: Vec<Tensor<B::InnerBackend, 1>>,
     grad: Vec<Tensor<B::InnerBackend, 1>>,
+    /// Each parameter's autodiff graph node ([`node_id`]).
+    nodes: Vec<Option<u64>>,
     total: usize,
 }
 
@@ -286,6 +372,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_, B> {
         };
         let shape = param.shape().to_vec();
         let n: usize = shape.iter().product();
+        self.nodes.push(node_id(param.val()));
         self.params.push(param.val().inner().reshape([n]));
         self.grad.push(g.reshape([n]));
         self.segs.push(Seg {
@@ -302,6 +389,8 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_, B> {
 struct Put<B: Backend> {
     at: HashMap<ParamId, (usize, usize)>,
     flat: Tensor<B, 1>,
+    /// The graph node of each parameter handed out ([`node_id`]).
+    nodes: HashMap<ParamId, Option<u64>>,
 }
 
 impl<B: AutodiffBackend> ModuleMapper<B> for Put<B::InnerBackend> {
@@ -315,6 +404,7 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Put<B::InnerBackend> {
         if old.is_require_grad() {
             t = t.require_grad();
         }
+        self.nodes.insert(id, node_id(t.clone()));
         Param::from_mapped_value(id, t, mapper)
     }
 }
@@ -346,6 +436,7 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> Optimizer<M, B> for FlatAdamW<M, 
 
     fn load_record(mut self, record: Self::Record) -> Self {
         self.flat = None;
+        self.last = None;
         self.parked = record.into_iter().collect();
         self
     }
@@ -547,6 +638,26 @@ mod tests {
         }
         // The weights moved (the comparison is not of two untouched nets).
         assert!(!close(&weights(&a), &weights(&net(4)), 1e-3));
+    }
+
+    #[test]
+    fn a_weight_replaced_between_steps_is_read_again() {
+        // The flat weights are reused while the parameters are the views a step handed out;
+        // a weight changed from outside (here `scale` doubled, as a loaded checkpoint would)
+        // must be read again, not overwritten by the last step's.
+        let (mut burn, mut flat) = (burn_adamw(), flat_adamw());
+        let mut a = net(4);
+        let mut b = a.clone();
+        for k in 0..5 {
+            if k == 3 {
+                a.scale = a.scale.map(|t| t.mul_scalar(2.0).detach().require_grad());
+                b.scale = b.scale.map(|t| t.mul_scalar(2.0).detach().require_grad());
+            }
+            a = burn.step(1e-2, a.clone(), grads(&a, k));
+            b = flat.step(1e-2, b.clone(), grads(&b, k));
+            assert_eq!(weights(&a), weights(&b), "step {k}");
+        }
+        assert!(flat.last.is_some(), "the last step's weights are kept");
     }
 
     #[test]
