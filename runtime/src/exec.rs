@@ -168,11 +168,14 @@ impl<B: AutodiffBackend> Program<B> {
         for (name, src, teacher) in teachers {
             let mut collect = Collect::<B::InnerBackend>(Vec::new());
             self.model.nets[src].valid().visit(&mut collect);
-            let mut mapper = Ema {
-                source: collect.0.into_iter(),
-                m: momentum(&name),
+            let m = momentum(&name);
+            let teacher = match many(&teacher, &collect.0, m) {
+                Some(updated) => teacher.map(&mut Put(updated.into_iter())),
+                None => teacher.map(&mut Ema {
+                    source: collect.0.into_iter(),
+                    m,
+                }),
             };
-            let teacher = teacher.map(&mut mapper);
             self.teachers.push((name, src, teacher));
         }
     }
@@ -205,6 +208,35 @@ struct Collect<B: Backend>(Vec<Tensor<B, 1>>);
 impl<B: Backend> ModuleVisitor<B> for Collect<B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         self.0.push(param.val().flatten(0, D - 1));
+    }
+}
+
+/// The EMA step of every parameter of `teacher` towards `source` (flat, in [`Collect`]'s
+/// order) by canc's multi-tensor kernel, on the backends that have it (CUDA, wgpu). Elsewhere
+/// `None`, and [`Ema`] steps each tensor (in place on the CPU, which a collected copy of the
+/// teacher's values would prevent).
+fn many<B: Backend>(
+    teacher: &Network<B>,
+    source: &[Tensor<B, 1>],
+    m: f64,
+) -> Option<Vec<Tensor<B, 1>>> {
+    if !crate::ops::cube::runs_on::<B>() {
+        return None;
+    }
+    let mut t = Collect::<B>(Vec::new());
+    teacher.visit(&mut t);
+    crate::ops::cube::ema_many(&t.0, source, m)
+}
+
+/// Gives each float parameter, in [`Collect`]'s order, the next of these flat values.
+struct Put<B: Backend>(std::vec::IntoIter<Tensor<B, 1>>);
+
+impl<B: Backend> ModuleMapper<B> for Put<B> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let Some(v) = self.0.next() else {
+            return param;
+        };
+        param.map(|t| v.reshape(t.shape()))
     }
 }
 

@@ -319,7 +319,7 @@ fn end_to_end<B: Backend>(
 ) -> Tensor<B, 1> {
     // Burn Flex's `slice_assign` copies its whole destination on every call (2.5 ms per call
     // into 3.2 M floats, measured), so on the CPU it is one `cat`, padding included; CubeCL
-    // writes each piece in place (one fill, then one copy kernel per piece).
+    // writes eight pieces and their padding per launch.
     if std::any::TypeId::of::<B>() == std::any::TypeId::of::<crate::backend::Cpu>() {
         by_cat(pieces, segs, device)
     } else {
@@ -340,13 +340,18 @@ fn by_cat<B: Backend>(pieces: Vec<Tensor<B, 1>>, segs: &[Seg], device: &B::Devic
     Tensor::cat(parts, 0)
 }
 
-/// [`end_to_end`] by writing each piece into a zero-filled buffer.
+/// [`end_to_end`] by canc's kernel on CUDA and wgpu (a launch per eight pieces), else by
+/// writing each piece into a zero-filled buffer.
 fn in_place<B: Backend>(
     pieces: Vec<Tensor<B, 1>>,
     segs: &[Seg],
     total: usize,
     device: &B::Device,
 ) -> Tensor<B, 1> {
+    let pads: Vec<usize> = segs.iter().map(|s| padded(s.len())).collect();
+    if let Some(flat) = crate::ops::cube::lay_end_to_end(&pieces, &pads, total) {
+        return flat;
+    }
     let mut flat = Tensor::zeros([total], device);
     for (s, t) in segs.iter().zip(pieces) {
         flat = flat.slice_assign(s.offset..s.offset + s.len(), t);

@@ -401,4 +401,42 @@ fn cube_kernels_match_burns_ops_on_the_cpu() {
     let part = |i: usize| parts.clone().narrow(0, i, 1).reshape([bt, h, t, dh]);
     let packed = cube::pack_heads(&part(0), &part(1), &part(2)).expect("the kernels run on wgpu");
     assert_close("pack_heads", &host(packed), &qkv, 0.0);
+
+    // Eleven pieces end to end with zero padding (two launches, the second with empty slots).
+    let lens = [3, 1, 128, 130, 7, 0, 256, 5, 9, 64, 2];
+    let pads: Vec<usize> = lens
+        .iter()
+        .map(|&n: &usize| n.div_ceil(128).max(1) * 128)
+        .collect();
+    let mut want = Vec::new();
+    let pieces: Vec<Tensor<Wgpu, 1>> = lens
+        .iter()
+        .zip(&pads)
+        .enumerate()
+        .map(|(i, (&n, &p))| {
+            let v = values(n, 10 + i as u32);
+            want.extend(&v);
+            want.resize(want.len() + p - n, 0.0);
+            Tensor::from_data(TensorData::new(v, [n]), &gpu)
+        })
+        .collect();
+    let flat = cube::lay_end_to_end(&pieces, &pads, want.len()).expect("the kernels run on wgpu");
+    assert_close("lay_end_to_end", &host(flat), &want, 0.0);
+
+    // The EMA step of six tensors (two launches, the second with empty slots).
+    let sizes = [5, 300, 1, 64, 17, 2];
+    let (mut ts, mut ss, mut want) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, &n) in sizes.iter().enumerate() {
+        let (t, s) = (values(n, 30 + i as u32), values(n, 40 + i as u32));
+        let tc = Tensor::<Cpu, 1>::from_data(TensorData::new(t.clone(), [n]), &cpu);
+        let sc = Tensor::<Cpu, 1>::from_data(TensorData::new(s.clone(), [n]), &cpu);
+        want.push(host(reference::ema(tc, sc, 0.996)));
+        ts.push(Tensor::<Wgpu, 1>::from_data(TensorData::new(t, [n]), &gpu));
+        ss.push(Tensor::<Wgpu, 1>::from_data(TensorData::new(s, [n]), &gpu));
+    }
+    let got = cube::ema_many(&ts, &ss, 0.996).expect("the kernels run on wgpu");
+    assert_eq!(got.len(), sizes.len());
+    for (i, (g, w)) in got.into_iter().zip(&want).enumerate() {
+        assert_close(&format!("ema tensor {i}"), &host(g), w, 1e-6);
+    }
 }

@@ -164,3 +164,55 @@ pub fn softmax_dx<B: Backend, const D: usize>(
     }
     on_runtime!(B, R => Some(k::softmax_dx_on::<B, R, D>(p, dp, scale)))
 }
+
+/// `pieces` laid end to end in one tensor of `total` elements, piece `i` followed by zeros up
+/// to `padded[i]` elements (`Σ padded = total`), in one launch per eight pieces instead of a
+/// fill and a copy per piece.
+#[cfg_attr(not(any(feature = "cuda", feature = "wgpu")), allow(unused_variables))]
+pub fn lay_end_to_end<B: Backend>(
+    pieces: &[Tensor<B, 1>],
+    padded: &[usize],
+    total: usize,
+) -> Option<Tensor<B, 1>> {
+    let fits = pieces.len() == padded.len()
+        && padded.iter().sum::<usize>() == total
+        && pieces.iter().zip(padded).all(|(t, &p)| t.dims()[0] <= p);
+    let dtypes: Vec<DType> = pieces.iter().map(Tensor::dtype).collect();
+    if pieces.is_empty() || !fits || !one_float(&dtypes) {
+        return None;
+    }
+    on_runtime!(B, R => Some(k::lay_end_to_end_on::<B, R>(pieces, padded, total)))
+}
+
+/// Whether canc's kernels run on backend `B` (CUDA's or wgpu's CubeCL backend, enabled).
+pub fn runs_on<B: Backend>() -> bool {
+    #[cfg_attr(
+        not(any(feature = "cuda", feature = "wgpu")),
+        allow(clippy::extra_unused_type_parameters)
+    )]
+    fn on<B: Backend>() -> Option<()> {
+        on_runtime!(B, R => Some(()))
+    }
+    on::<B>().is_some()
+}
+
+/// The EMA step `t·m + s·(1 − m)` of each teacher tensor in `teacher` towards the source tensor
+/// of the same place in `source` (flat, of equal lengths), in one launch per four tensors
+/// instead of three per tensor.
+#[cfg_attr(not(any(feature = "cuda", feature = "wgpu")), allow(unused_variables))]
+pub fn ema_many<B: Backend>(
+    teacher: &[Tensor<B, 1>],
+    source: &[Tensor<B, 1>],
+    m: f64,
+) -> Option<Vec<Tensor<B, 1>>> {
+    let fits = teacher.len() == source.len()
+        && teacher
+            .iter()
+            .zip(source)
+            .all(|(t, s)| t.dims() == s.dims());
+    let dtypes: Vec<DType> = teacher.iter().chain(source).map(Tensor::dtype).collect();
+    if teacher.is_empty() || !fits || !one_float(&dtypes) {
+        return None;
+    }
+    on_runtime!(B, R => Some(k::ema_many_on::<B, R>(teacher, source, m)))
+}

@@ -320,6 +320,132 @@ fn softmax_dx_kernel<E: Float>(
     }
 }
 
+/// Up to eight 1-D tensors laid end to end into `out[base..]`, each followed by zeros up to
+/// its padded length: piece `j` (`l_j` values) fills `[s_j, s_{j+1})` of the launch's range
+/// (`s_0 = 0`). One unit per element written.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn gather_kernel<E: Float>(
+    a0: &Array<E>,
+    a1: &Array<E>,
+    a2: &Array<E>,
+    a3: &Array<E>,
+    a4: &Array<E>,
+    a5: &Array<E>,
+    a6: &Array<E>,
+    a7: &Array<E>,
+    out: &mut Array<E>,
+    base: usize,
+    l0: usize,
+    l1: usize,
+    l2: usize,
+    l3: usize,
+    l4: usize,
+    l5: usize,
+    l6: usize,
+    l7: usize,
+    s1: usize,
+    s2: usize,
+    s3: usize,
+    s4: usize,
+    s5: usize,
+    s6: usize,
+    s7: usize,
+    s8: usize,
+    #[define(E)] _dtype: StorageType,
+) {
+    let i = ABSOLUTE_POS;
+    if i >= s8 {
+        terminate!();
+    }
+    let mut v = E::from_int(0);
+    if i < s1 {
+        if i < l0 {
+            v = a0[i];
+        }
+    } else if i < s2 {
+        let k = i - s1;
+        if k < l1 {
+            v = a1[k];
+        }
+    } else if i < s3 {
+        let k = i - s2;
+        if k < l2 {
+            v = a2[k];
+        }
+    } else if i < s4 {
+        let k = i - s3;
+        if k < l3 {
+            v = a3[k];
+        }
+    } else if i < s5 {
+        let k = i - s4;
+        if k < l4 {
+            v = a4[k];
+        }
+    } else if i < s6 {
+        let k = i - s5;
+        if k < l5 {
+            v = a5[k];
+        }
+    } else if i < s7 {
+        let k = i - s6;
+        if k < l6 {
+            v = a6[k];
+        }
+    } else if i < s8 {
+        let k = i - s7;
+        if k < l7 {
+            v = a7[k];
+        }
+    }
+    out[base + i] = v;
+}
+
+/// The EMA step `o_j = t_j·m + s_j·a` (`a = 1 − m`) of up to four teacher tensors `t_j`
+/// towards their sources `s_j`: tensor `j` is units `[e_j, e_{j+1})` (`e_0 = 0`).
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn ema_kernel<E: Float>(
+    t0: &Array<E>,
+    t1: &Array<E>,
+    t2: &Array<E>,
+    t3: &Array<E>,
+    s0: &Array<E>,
+    s1: &Array<E>,
+    s2: &Array<E>,
+    s3: &Array<E>,
+    o0: &mut Array<E>,
+    o1: &mut Array<E>,
+    o2: &mut Array<E>,
+    o3: &mut Array<E>,
+    e1: usize,
+    e2: usize,
+    e3: usize,
+    e4: usize,
+    m: f32,
+    a: f32,
+    #[define(E)] _dtype: StorageType,
+) {
+    let i = ABSOLUTE_POS;
+    if i >= e4 {
+        terminate!();
+    }
+    let (m, a) = (E::cast_from(m), E::cast_from(a));
+    if i < e1 {
+        o0[i] = t0[i] * m + s0[i] * a;
+    } else if i < e2 {
+        let k = i - e1;
+        o1[k] = t1[k] * m + s1[k] * a;
+    } else if i < e3 {
+        let k = i - e2;
+        o2[k] = t2[k] * m + s2[k] * a;
+    } else {
+        let k = i - e3;
+        o3[k] = t3[k] * m + s3[k] * a;
+    }
+}
+
 /// The backend's primitive of `t`, as runtime `R`'s `CubeTensor` (the caller checked the type),
 /// made contiguous.
 fn cube<B: Backend, R: CubeRuntime, const D: usize>(t: &Tensor<B, D>) -> CubeTensor<R> {
@@ -601,4 +727,122 @@ pub(super) fn softmax_dx_on<B: Backend, R: CubeRuntime, const D: usize>(
         dtype.into(),
     );
     tensor(ds)
+}
+
+/// [`super::cube::lay_end_to_end`] on runtime `R` (the caller checked that `B` is its backend).
+pub(super) fn lay_end_to_end_on<B: Backend, R: CubeRuntime>(
+    pieces: &[Tensor<B, 1>],
+    padded: &[usize],
+    total: usize,
+) -> Tensor<B, 1> {
+    let first = cube::<B, R, 1>(&pieces[0]);
+    let out = empty(&first, Shape::new([total]));
+    let mut base = 0;
+    for (chunk, pads) in pieces.chunks(8).zip(padded.chunks(8)) {
+        let mut arrays: Vec<CubeTensor<R>> = chunk.iter().map(cube::<B, R, 1>).collect();
+        let mut lens: Vec<usize> = arrays.iter().map(|a| a.meta.num_elements()).collect();
+        let mut ends = Vec::with_capacity(8);
+        let mut end = 0;
+        for p in pads {
+            end += p;
+            ends.push(end);
+        }
+        while arrays.len() < 8 {
+            // Unused slots: an empty range over any array.
+            arrays.push(first.clone());
+            lens.push(0);
+            ends.push(end);
+        }
+        let (count, dim) = grid(&first, end);
+        let mut a = arrays.into_iter().map(CubeTensor::into_array_arg);
+        let mut next = || a.next().unwrap_or_else(|| unreachable!("eight arrays"));
+        gather_kernel::launch(
+            &first.client,
+            count,
+            dim,
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            out.clone().into_array_arg(),
+            base,
+            lens[0],
+            lens[1],
+            lens[2],
+            lens[3],
+            lens[4],
+            lens[5],
+            lens[6],
+            lens[7],
+            ends[0],
+            ends[1],
+            ends[2],
+            ends[3],
+            ends[4],
+            ends[5],
+            ends[6],
+            ends[7],
+            first.dtype.into(),
+        );
+        base += end;
+    }
+    tensor(out)
+}
+
+/// [`super::cube::ema_many`] on runtime `R` (the caller checked that `B` is its backend).
+pub(super) fn ema_many_on<B: Backend, R: CubeRuntime>(
+    teacher: &[Tensor<B, 1>],
+    source: &[Tensor<B, 1>],
+    m: f64,
+) -> Vec<Tensor<B, 1>> {
+    let mut out = Vec::with_capacity(teacher.len());
+    for (ts, ss) in teacher.chunks(4).zip(source.chunks(4)) {
+        let ts: Vec<CubeTensor<R>> = ts.iter().map(cube::<B, R, 1>).collect();
+        let ss: Vec<CubeTensor<R>> = ss.iter().map(cube::<B, R, 1>).collect();
+        let os: Vec<CubeTensor<R>> = ts
+            .iter()
+            .map(|t| empty(t, t.meta.shape().clone()))
+            .collect();
+        let mut ends = Vec::with_capacity(4);
+        let mut end = 0;
+        for t in &ts {
+            end += t.meta.num_elements();
+            ends.push(end);
+        }
+        ends.resize(4, end);
+        // Unused slots: empty ranges over the first tensor and output.
+        let slot = |v: &[CubeTensor<R>], j: usize| v.get(j).unwrap_or(&v[0]).clone();
+        let (first, dtype) = (ts[0].clone(), ts[0].dtype);
+        let (count, dim) = grid(&first, end);
+        ema_kernel::launch(
+            &first.client,
+            count,
+            dim,
+            slot(&ts, 0).into_array_arg(),
+            slot(&ts, 1).into_array_arg(),
+            slot(&ts, 2).into_array_arg(),
+            slot(&ts, 3).into_array_arg(),
+            slot(&ss, 0).into_array_arg(),
+            slot(&ss, 1).into_array_arg(),
+            slot(&ss, 2).into_array_arg(),
+            slot(&ss, 3).into_array_arg(),
+            slot(&os, 0).into_array_arg(),
+            slot(&os, 1).into_array_arg(),
+            slot(&os, 2).into_array_arg(),
+            slot(&os, 3).into_array_arg(),
+            ends[0],
+            ends[1],
+            ends[2],
+            ends[3],
+            m as f32,
+            (1.0 - m) as f32,
+            dtype.into(),
+        );
+        out.extend(os.into_iter().map(tensor));
+    }
+    out
 }
