@@ -293,13 +293,12 @@ fn node_id<B: AutodiffBackend, const D: usize>(t: Tensor<B, D>) -> Option<u64> {
     use burn::tensor::backend::BackendTypes;
     let p: Box<dyn std::any::Any> = Box::new(t.into_primitive().tensor());
     macro_rules! node {
-        ($inner:ty) => {
-            if let Some(a) = p.downcast_ref::<
-                            <burn::backend::Autodiff<$inner> as BackendTypes>::FloatTensorPrimitive,
-                        >() {
-                            return Some(a.node.id.value);
-                        }
-        };
+        ($inner:ty) => {{
+            type P = <burn::backend::Autodiff<$inner> as BackendTypes>::FloatTensorPrimitive;
+            if let Some(a) = p.downcast_ref::<P>() {
+                return Some(a.node.id.value);
+            }
+        }};
     }
     node!(crate::backend::Cpu);
     #[cfg(feature = "cuda")]

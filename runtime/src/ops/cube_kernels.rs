@@ -393,7 +393,7 @@ fn gather_kernel<E: Float>(
         if k < l6 {
             v = a6[k];
         }
-    } else if i < s8 {
+    } else {
         let k = i - s7;
         if k < l7 {
             v = a7[k];
