@@ -95,10 +95,7 @@ impl OnBackend for Measure<'_> {
         for s in 0..self.total {
             if let (true, Some(file)) = (s == self.warmup, &self.profile) {
                 // Everything queued so far finishes (and is logged) before the timed steps.
-                B::sync(device).map_err(|e| TrainError::Device {
-                    step: s,
-                    why: e.to_string().replace('\n', " "),
-                })?;
+                canc_runtime::train::sync::<B>(device, s)?;
                 let text = crate::kernel_profile::read_settled(file).unwrap_or_default();
                 warm_tables = crate::kernel_profile::tables(&text).len();
             }

@@ -318,18 +318,24 @@ fn optimizers<B: AutodiffBackend>(plan: &Plan, flat: Option<bool>) -> Opt<B> {
 }
 
 /// Whether AdamW steps each parameter group as one flat tensor ([`crate::optim::FlatAdamW`])
-/// when [`RunOptions::flat_adamw`] does not say: `CANC_FLAT_ADAMW=1` / `=0` in the environment decides; without it, on GPUs (15 kernel
-/// launches per parameter tensor become about 2) and not on the CPU, where the flat buffers'
-/// extra passes over memory measured slower (optimizer phase 39–44 ms vs 16–17 ms per CAN
-/// step, batch 64, for Burn's per-tensor AdamW; canc's in-place one is faster still). Both give
-/// bitwise-identical weights and the same checkpoint record. With Burn's kernel fusion
-/// (`--features cuda-fusion`) the default is per tensor too: fusion merges the per-tensor
-/// updates' element-wise ops across tensors (CAN: 74 launches in the optimizer phase, counted
-/// on wgpu with fusion) while the flat layout's one copy per tensor stays (242).
+/// when [`RunOptions::flat_adamw`] does not say: `CANC_FLAT_ADAMW=1` / `=0` in the environment
+/// decides; without it, on GPUs (CAN: 48 kernel launches per step against about 1,660) and not
+/// on the CPU, where the flat buffers' extra passes over memory measured slower (optimizer phase
+/// 39–44 ms vs 16–17 ms per CAN step, batch 64, for Burn's per-tensor AdamW; canc's in-place one
+/// is faster still). Both give bitwise-identical weights and the same checkpoint record. With
+/// Burn's kernel fusion (`--features cuda-fusion`) the default is per tensor too: fusion merges
+/// the per-tensor updates' element-wise ops across tensors (CAN: 74 launches in the optimizer
+/// phase, counted on wgpu with fusion) while the flat layout kept one copy per tensor (242).
 fn flat_adamw<B: AutodiffBackend>() -> bool {
-    let flat = crate::backend::gpu_default::<B>("CANC_FLAT_ADAMW");
-    let asked = std::env::var("CANC_FLAT_ADAMW").is_ok_and(|v| v == "1");
-    flat && (asked || !crate::backend::kernel_fusion::<B>())
+    match std::env::var("CANC_FLAT_ADAMW").as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => {
+            let gpu =
+                std::any::TypeId::of::<B>() != std::any::TypeId::of::<crate::backend::CpuTrain>();
+            gpu && !crate::backend::kernel_fusion::<B>()
+        }
+    }
 }
 
 /// Converts a data batch to tensors on `device`.
@@ -793,11 +799,17 @@ impl<B: AutodiffBackend> Trainer<B> {
         if !self.sync_phases {
             return Ok(());
         }
-        B::sync(device).map_err(|e| TrainError::Device {
-            step,
-            why: e.to_string().replace("\n", " "),
-        })
+        sync::<B>(device, step)
     }
+}
+
+/// Waits for everything queued on `device` to finish; a device error (a lost GPU, a failed
+/// kernel) becomes [`TrainError::Device`] at `step`.
+pub fn sync<B: Backend>(device: &B::Device, step: u64) -> Result<(), TrainError> {
+    B::sync(device).map_err(|e| TrainError::Device {
+        step,
+        why: e.to_string().replace('\n', " "),
+    })
 }
 
 /// The values of `scalars` (one element each), read from the device in one transfer.

@@ -91,15 +91,9 @@ fn train<B: AutodiffBackend>(
 /// call per view) and on wgpu (the GPUs' defaults: flat AdamW, closed-form backward steps,
 /// batched calls), from the same initial weights, and compares.
 fn same_as_cpu(spec: &str) {
-    let Some(gpu) = device() else { return };
-    // Debug builds leave the fused ops off (see `fused_enabled`); the GPUs' closed-form backward
-    // steps are among them.
-    canc_runtime::ops::set_fused(Some(true));
-    let plan = small(spec);
-    // Each backend draws its own initial weights from the seed: both start from the CPU's,
-    // through a checkpoint (written by the CPU backend, read by wgpu's, as a user would).
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let init = initial_weights(&plan, tmp.path());
+    let Some((gpu, plan, _tmp, init)) = setup(spec) else {
+        return;
+    };
     let (cpu_loss, cpu_w, cpu_opt, cpu_calls) =
         train::<CpuTrain>(&plan, &init, &Default::default(), 4);
     let (gpu_loss, gpu_w, gpu_opt, gpu_calls) = train::<WgpuTrain>(&plan, &init, &gpu, 4);
@@ -173,6 +167,29 @@ fn one_step<B: AutodiffBackend>(
     (terms, g.1)
 }
 
+/// What a CPU-vs-wgpu comparison of `spec` starts from: the wgpu device (`None` without an
+/// adapter), the small plan, and the CPU's initial weights as a checkpoint in a temporary
+/// directory (kept alive by the caller). Each backend draws its own initial weights from the
+/// seed, so both start from the CPU's, through a checkpoint written by the CPU backend and read
+/// by wgpu's, as a user would. Debug builds leave the fused ops off (see `fused_enabled`); the
+/// GPUs' closed-form backward steps and canc's CubeCL kernels are among them, so they are
+/// turned on.
+fn setup(
+    spec: &str,
+) -> Option<(
+    burn::backend::wgpu::WgpuDevice,
+    canc_compiler::Plan,
+    tempfile::TempDir,
+    Checkpoint,
+)> {
+    let gpu = device()?;
+    canc_runtime::ops::set_fused(Some(true));
+    let plan = small(spec);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let init = initial_weights(&plan, tmp.path());
+    Some((gpu, plan, tmp, init))
+}
+
 /// `spec`'s initial weights (the CPU backend's draw) as a checkpoint in `dir`.
 fn initial_weights(plan: &canc_compiler::Plan, dir: &std::path::Path) -> Checkpoint {
     let p = Program::<CpuTrain>::new(plan.clone(), &Default::default()).expect("builds");
@@ -184,11 +201,9 @@ fn initial_weights(plan: &canc_compiler::Plan, dir: &std::path::Path) -> Checkpo
 /// One forward and backward pass of `spec` on the CPU and on wgpu from the same weights, batch
 /// and RNG stream: every loss term and every parameter's gradient agree to float rounding.
 fn gradients_match_the_cpu(spec: &str) {
-    let Some(gpu) = device() else { return };
-    canc_runtime::ops::set_fused(Some(true));
-    let plan = small(spec);
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let init = initial_weights(&plan, tmp.path());
+    let Some((gpu, plan, _tmp, init)) = setup(spec) else {
+        return;
+    };
     let (cpu_terms, cpu_g) = one_step::<CpuTrain>(&plan, &init, &Default::default());
     let (gpu_terms, gpu_g) = one_step::<WgpuTrain>(&plan, &init, &gpu);
     for (c, g) in cpu_terms.iter().zip(&gpu_terms) {
