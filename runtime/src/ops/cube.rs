@@ -1,17 +1,20 @@
-//! canc's own GPU kernels for the training path (CUDA and wgpu): LayerNorm forward and its
-//! `dx`, GELU forward and backward, and the attention's scaled row softmax, each one kernel
-//! launch where Burn's tensor ops take 5–11.
+//! canc's own GPU kernels (CUDA and wgpu), each one launch where Burn's tensor ops take
+//! several: LayerNorm forward and its `dx`, GELU forward and backward, the attention's scaled
+//! row softmax and its backward step, the split of a packed `qkv` into heads and the packing of
+//! `dqkv`, laying a parameter group's tensors end to end into a flat buffer (eight per launch),
+//! and the EMA step of a teacher's tensors (four per launch).
 //!
 //! On a GPU a small model's step is bound by kernel launches, not arithmetic (BENCHMARKS.md,
 //! "Kernel launches per training step"). Composed from Burn's ops, LayerNorm is 11 launches
 //! forward and its closed-form `dx` 8, GELU 5 forward and 7 backward, the softmax with its scale
-//! 6. The kernels ([`super::cube_kernels`]) compute the same functions in one pass each.
+//! 6, a flat buffer a fill and a copy per tensor, an EMA step 3 per tensor. The kernels
+//! ([`super::cube_kernels`]) compute the same functions in one pass each.
 //!
 //! Each function here takes tensors of any backend `B` and returns `None` unless `B` is CUDA's
 //! or wgpu's CubeCL backend without Burn's fusion (whichever features are on), the tensors are
-//! f32 and the kernels are [`enabled`]; the callers
-//! ([`super::tensor_ad`]) then compose Burn's ops as before. Tested against the CPU backend's
-//! values in `runtime/tests/wgpu.rs`.
+//! f32 and the kernels are [`enabled`]; the callers ([`super::tensor_ad`], the flat AdamW, the
+//! EMA update) then use Burn's ops as before. Tested against the CPU backend's values in
+//! `runtime/tests/wgpu.rs`.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
@@ -29,7 +32,7 @@ pub fn enabled() -> bool {
 /// Whether `dtypes` are all f32, the float type these kernels are enabled for. They are written
 /// for any float type (accumulating in f32), but f16 and bf16 have not run on a device that has
 /// them (lavapipe has neither), so half-precision training keeps Burn's ops for now.
-fn one_float(dtypes: &[DType]) -> bool {
+fn all_f32(dtypes: &[DType]) -> bool {
     !dtypes.is_empty() && dtypes.iter().all(|&t| t == DType::F32)
 }
 
@@ -68,7 +71,7 @@ pub fn layer_norm<B: Backend>(
     beta: &Tensor<B, 1>,
     eps: f64,
 ) -> Option<(Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>)> {
-    if !one_float(&[x.dtype(), gamma.dtype(), beta.dtype()]) {
+    if !all_f32(&[x.dtype(), gamma.dtype(), beta.dtype()]) {
         return None;
     }
     on_runtime!(B, R => Some(k::layer_norm_on::<B, R>(x, gamma, beta, eps)))
@@ -83,7 +86,7 @@ pub fn layer_norm_dx<B: Backend>(
     rstd: &Tensor<B, 2>,
     gamma: &Tensor<B, 1>,
 ) -> Option<(Tensor<B, 2>, Tensor<B, 2>)> {
-    if !one_float(&[dy.dtype(), xhat.dtype(), rstd.dtype(), gamma.dtype()]) {
+    if !all_f32(&[dy.dtype(), xhat.dtype(), rstd.dtype(), gamma.dtype()]) {
         return None;
     }
     on_runtime!(B, R => Some(k::layer_norm_dx_on::<B, R>(dy, xhat, rstd, gamma)))
@@ -92,7 +95,7 @@ pub fn layer_norm_dx<B: Backend>(
 /// Exact GELU of a flat `x`: `(x·Φ(x), Φ(x))`, `Φ(x) = (1 + erf(x/√2))/2`, in one launch.
 #[cfg_attr(not(any(feature = "cuda", feature = "wgpu")), allow(unused_variables))]
 pub fn gelu<B: Backend>(x: &Tensor<B, 1>) -> Option<(Tensor<B, 1>, Tensor<B, 1>)> {
-    if !one_float(&[x.dtype()]) {
+    if !all_f32(&[x.dtype()]) {
         return None;
     }
     on_runtime!(B, R => Some(k::gelu_on::<B, R>(x)))
@@ -105,7 +108,7 @@ pub fn gelu_dx<B: Backend>(
     x: &Tensor<B, 1>,
     phi: &Tensor<B, 1>,
 ) -> Option<Tensor<B, 1>> {
-    if !one_float(&[dy.dtype(), x.dtype(), phi.dtype()]) {
+    if !all_f32(&[dy.dtype(), x.dtype(), phi.dtype()]) {
         return None;
     }
     on_runtime!(B, R => Some(k::gelu_dx_on::<B, R>(dy, x, phi)))
@@ -114,7 +117,7 @@ pub fn gelu_dx<B: Backend>(
 /// `softmax(s·scale)` over the last dimension of `s`, in one launch.
 #[cfg_attr(not(any(feature = "cuda", feature = "wgpu")), allow(unused_variables))]
 pub fn softmax<B: Backend, const D: usize>(s: &Tensor<B, D>, scale: f64) -> Option<Tensor<B, D>> {
-    if !one_float(&[s.dtype()]) || s.dims()[D - 1] == 0 {
+    if !all_f32(&[s.dtype()]) || s.dims()[D - 1] == 0 {
         return None;
     }
     on_runtime!(B, R => Some(k::softmax_on::<B, R, D>(s, scale)))
@@ -129,7 +132,7 @@ pub fn split_heads<B: Backend>(
     heads: usize,
 ) -> Option<Tensor<B, 5>> {
     let width = x.dims()[2];
-    if !one_float(&[x.dtype()]) || parts * heads == 0 || !width.is_multiple_of(parts * heads) {
+    if !all_f32(&[x.dtype()]) || parts * heads == 0 || !width.is_multiple_of(parts * heads) {
         return None;
     }
     on_runtime!(B, R => Some(k::split_heads_on::<B, R>(x, parts, heads)))
@@ -144,7 +147,7 @@ pub fn pack_heads<B: Backend>(
     dv: &Tensor<B, 4>,
 ) -> Option<Tensor<B, 3>> {
     let same = dq.dims() == dk.dims() && dq.dims() == dv.dims();
-    if !same || !one_float(&[dq.dtype(), dk.dtype(), dv.dtype()]) {
+    if !same || !all_f32(&[dq.dtype(), dk.dtype(), dv.dtype()]) {
         return None;
     }
     on_runtime!(B, R => Some(k::pack_heads_on::<B, R>(dq, dk, dv)))
@@ -159,7 +162,7 @@ pub fn softmax_dx<B: Backend, const D: usize>(
     scale: f64,
 ) -> Option<Tensor<B, D>> {
     let ok = p.dims() == dp.dims() && p.dims()[D - 1] > 0;
-    if !ok || !one_float(&[p.dtype(), dp.dtype()]) {
+    if !ok || !all_f32(&[p.dtype(), dp.dtype()]) {
         return None;
     }
     on_runtime!(B, R => Some(k::softmax_dx_on::<B, R, D>(p, dp, scale)))
@@ -178,7 +181,7 @@ pub fn lay_end_to_end<B: Backend>(
         && padded.iter().sum::<usize>() == total
         && pieces.iter().zip(padded).all(|(t, &p)| t.dims()[0] <= p);
     let dtypes: Vec<DType> = pieces.iter().map(Tensor::dtype).collect();
-    if pieces.is_empty() || !fits || !one_float(&dtypes) {
+    if pieces.is_empty() || !fits || !all_f32(&dtypes) {
         return None;
     }
     on_runtime!(B, R => Some(k::lay_end_to_end_on::<B, R>(pieces, padded, total)))
@@ -211,7 +214,7 @@ pub fn ema_many<B: Backend>(
             .zip(source)
             .all(|(t, s)| t.dims() == s.dims());
     let dtypes: Vec<DType> = teacher.iter().chain(source).map(Tensor::dtype).collect();
-    if teacher.is_empty() || !fits || !one_float(&dtypes) {
+    if teacher.is_empty() || !fits || !all_f32(&dtypes) {
         return None;
     }
     on_runtime!(B, R => Some(k::ema_many_on::<B, R>(teacher, source, m)))

@@ -1,10 +1,13 @@
 //! The CubeCL kernels behind [`super::cube`] and their launches, for the CUDA and wgpu
 //! backends (compiled with either feature).
 //!
-//! Row-wise kernels (LayerNorm forward and `dx`, the scaled softmax) run one cube of 32–128
-//! units per row: unit `u` takes the row's elements `u, u + w, …`, so a cube's loads are
-//! contiguous, and the row's sums and maxima meet in shared memory. GELU and its gradient run
-//! one unit per element. Every kernel accumulates in f32 whatever the tensors' float type.
+//! Row-wise kernels (LayerNorm forward and `dx`, the scaled softmax and its backward step) run
+//! one cube of 32–128 units per row: unit `u` takes the row's elements `u, u + w, …`, so a
+//! cube's loads are contiguous, and the row's sums and maxima meet in shared memory. The others
+//! (GELU both ways, heads, flat layout, EMA) run one unit per element written. The row-wise and
+//! GELU kernels compute in f32 whatever the tensors' float type. Launches go through CubeCL's
+//! checked `launch` (out-of-range reads give zero, writes are dropped), as the crate has no
+//! `unsafe`.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Shape, Tensor, TensorPrimitive};
