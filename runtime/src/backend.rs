@@ -219,15 +219,26 @@ impl fmt::Display for DeviceSpec {
     }
 }
 
+/// An on/off switch from the environment: `var=1` is `Some(true)`, `var=0` `Some(false)`,
+/// anything else (or unset) `None`, for the caller's default.
+pub fn env_switch(var: &str) -> Option<bool> {
+    match std::env::var(var).as_deref() {
+        Ok("1") => Some(true),
+        Ok("0") => Some(false),
+        _ => None,
+    }
+}
+
+/// Whether training backend `B` is not the CPU's (CUDA's, wgpu's, with or without fusion).
+pub fn is_gpu<B: 'static>() -> bool {
+    std::any::TypeId::of::<B>() != std::any::TypeId::of::<CpuTrain>()
+}
+
 /// A GPU-only speed setting of training backend `B`: `var=1` / `=0` in the environment decides;
 /// without it, on for every backend but the CPU's (for changes that cut GPU kernel launches and
 /// measured slower on the CPU).
 pub fn gpu_default<B: 'static>(var: &str) -> bool {
-    match std::env::var(var).as_deref() {
-        Ok("1") => true,
-        Ok("0") => false,
-        _ => std::any::TypeId::of::<B>() != std::any::TypeId::of::<CpuTrain>(),
-    }
+    env_switch(var).unwrap_or_else(is_gpu::<B>)
 }
 
 /// Whether backend `B` runs on Burn's kernel fusion (`burn-fusion`, on with `--features

@@ -327,15 +327,8 @@ fn optimizers<B: AutodiffBackend>(plan: &Plan, flat: Option<bool>) -> Opt<B> {
 /// the per-tensor updates' element-wise ops across tensors (CAN: 74 launches in the optimizer
 /// phase, counted on wgpu with fusion) while the flat layout kept one copy per tensor (242).
 fn flat_adamw<B: AutodiffBackend>() -> bool {
-    match std::env::var("CANC_FLAT_ADAMW").as_deref() {
-        Ok("1") => true,
-        Ok("0") => false,
-        _ => {
-            let gpu =
-                std::any::TypeId::of::<B>() != std::any::TypeId::of::<crate::backend::CpuTrain>();
-            gpu && !crate::backend::kernel_fusion::<B>()
-        }
-    }
+    use crate::backend::{env_switch, is_gpu, kernel_fusion};
+    env_switch("CANC_FLAT_ADAMW").unwrap_or_else(|| is_gpu::<B>() && !kernel_fusion::<B>())
 }
 
 /// Converts a data batch to tensors on `device`.

@@ -26,7 +26,7 @@ use {super::cube_kernels as k, burn_cubecl::CubeBackend, std::any::TypeId};
 /// Burn's composed ops, e.g. to count or time both in one binary.
 pub fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("CANC_CUBE_KERNELS").as_deref() != Ok("0"))
+    *ON.get_or_init(|| crate::backend::env_switch("CANC_CUBE_KERNELS").unwrap_or(true))
 }
 
 /// Whether `dtypes` are all f32, the float type these kernels are enabled for. They are written

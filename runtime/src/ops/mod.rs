@@ -327,11 +327,7 @@ pub fn fused_enabled() -> bool {
         1 => true,
         2 => false,
         _ => ENV
-            .get_or_init(|| match std::env::var("CANC_FUSED_OPS").as_deref() {
-                Ok("1") => Some(true),
-                Ok("0") => Some(false),
-                _ => None,
-            })
+            .get_or_init(|| crate::backend::env_switch("CANC_FUSED_OPS"))
             .unwrap_or(!cfg!(debug_assertions)),
     }
 }
