@@ -18,15 +18,14 @@ use rand::rngs::StdRng;
 use std::collections::HashSet;
 use std::path::Path;
 
+mod common;
+use common::{fill, values};
+
 type B = Flex;
 type AD = Autodiff<Flex>;
 
 fn dev() -> Device<B> {
     Default::default()
-}
-
-fn values<const D: usize, Bk: Backend>(t: Tensor<Bk, D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
 }
 
 fn ints<const D: usize, Bk: Backend>(t: Tensor<Bk, D, Int>) -> Vec<i64> {
@@ -43,24 +42,12 @@ fn close(a: &[f32], b: &[f32], tol: f32) {
     }
 }
 
-/// Deterministic pseudo-random values in [-1, 1).
-fn fill(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
 fn tensor<const D: usize, Bk: Backend>(shape: [usize; D], seed: u64) -> Tensor<Bk, D> {
     let n = shape.iter().product();
-    Tensor::from_data(TensorData::new(fill(n, seed), shape), &Default::default())
+    Tensor::from_data(
+        TensorData::new(fill(n, seed, 1.0), shape),
+        &Default::default(),
+    )
 }
 
 fn small_vit() -> VitConfig {
@@ -469,7 +456,7 @@ fn decoder_gradient_matches_finite_differences() {
         ))
     };
     let r = tensor::<3, AD>([2, 4, 2], 31);
-    let base = fill(2 * 3 * 4, 32);
+    let base = fill(2 * 3 * 4, 32, 1.0);
     let loss = |v: &[f32], track: bool| {
         let mut t =
             Tensor::<AD, 3>::from_data(TensorData::new(v.to_vec(), [2, 3, 4]), &Default::default());
@@ -538,7 +525,7 @@ fn affine(x: &[f64], w: &[f32], b: &[f32]) -> Vec<f64> {
 fn block_matches_a_naive_reference() {
     let (d, heads, hidden, t) = (8, 2, 12, 3);
     let block = Block::<B>::new(d, heads, hidden, 1e-6, 0.0, &dev());
-    let x = fill(t * d, 41);
+    let x = fill(t * d, 41, 1.0);
     let out = values(block.forward(Tensor::from_data(
         TensorData::new(x.clone(), [1, t, d]),
         &dev(),

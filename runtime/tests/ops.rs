@@ -11,6 +11,9 @@ use burn::tensor::{Tensor, TensorData};
 use canc_runtime::nn::Block;
 use canc_runtime::ops::{self, kernels, reference};
 
+mod common;
+use common::{fill, values};
+
 type B = Flex;
 type AD = Autodiff<Flex>;
 
@@ -18,25 +21,6 @@ type AD = Autodiff<Flex>;
 /// default.
 fn fused() {
     ops::set_fused(Some(true));
-}
-
-fn values<const D: usize, Bk: Backend>(t: Tensor<Bk, D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
-}
-
-/// Deterministic pseudo-random values in [-scale, scale).
-fn fill(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
-        })
-        .collect()
 }
 
 fn tensor<const D: usize, Bk: Backend>(v: &[f32], shape: [usize; D]) -> Tensor<Bk, D> {

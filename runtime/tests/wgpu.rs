@@ -16,6 +16,9 @@ use canc_runtime::data;
 use canc_runtime::exec::Program;
 use canc_runtime::train::{self, Outcome, RunOptions, Trainer};
 
+mod common;
+use common::{fill, values};
+
 /// Burn's device for the first adapter, or `None` (after saying so) when there is none.
 fn device() -> Option<burn::backend::wgpu::WgpuDevice> {
     let adapters = wgpu_adapters();
@@ -269,22 +272,6 @@ fn mae_trains_on_wgpu_as_on_the_cpu() {
     same_as_cpu("mae");
 }
 
-/// Deterministic values in [-2, 2) (a 32-bit LCG), `n` of them.
-fn values(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(12_345);
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (s >> 8) as f32 / (1u32 << 24) as f32 * 4.0 - 2.0
-        })
-        .collect()
-}
-
-/// The values of `t`, as f32.
-fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec().expect("f32")
-}
-
 /// Asserts `a` and `b` agree within `tol` (absolute, or relative where larger than 1).
 fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f32) {
     assert_eq!(a.len(), b.len(), "{what}: lengths");
@@ -308,10 +295,10 @@ fn cube_kernels_match_burns_ops_on_the_cpu() {
     let cpu = Default::default();
     let (rows, d) = (37, 19);
     let (x, g, b, dy) = (
-        values(rows * d, 1),
-        values(d, 2),
-        values(d, 3),
-        values(rows * d, 4),
+        fill(rows * d, 1, 2.0),
+        fill(d, 2, 2.0),
+        fill(d, 3, 2.0),
+        fill(rows * d, 4, 2.0),
     );
     let on_gpu = |v: &[f32], shape: [usize; 2]| {
         Tensor::<Wgpu, 2>::from_data(TensorData::new(v.to_vec(), shape), &gpu)
@@ -334,28 +321,33 @@ fn cube_kernels_match_burns_ops_on_the_cpu() {
         on_cpu1(&b).require_grad(),
     );
     let yc = reference::layer_norm(xc.clone(), gc.clone(), Some(bc.clone()), 1e-5);
-    assert_close("layer_norm y", &host(y), &host(yc.clone().inner()), 1e-5);
+    assert_close(
+        "layer_norm y",
+        &values(y),
+        &values(yc.clone().inner()),
+        1e-5,
+    );
     let xhat_c = reference::layer_norm(
         xc.clone().inner(),
         Tensor::<Cpu, 1>::ones([d], &cpu),
         None,
         1e-5,
     );
-    assert_close("layer_norm x̂", &host(xhat.clone()), &host(xhat_c), 1e-5);
+    assert_close("layer_norm x̂", &values(xhat.clone()), &values(xhat_c), 1e-5);
     let grads = (yc * on_cpu(&dy, [rows, d])).sum().backward();
     let (dx, dy_xhat) = cube::layer_norm_dx(&on_gpu(&dy, [rows, d]), &xhat, &rstd, &on_gpu1(&g))
         .expect("the kernels run on wgpu");
     assert_close(
         "layer_norm dx",
-        &host(dx),
-        &host(xc.grad(&grads).expect("dx")),
+        &values(dx),
+        &values(xc.grad(&grads).expect("dx")),
         1e-4,
     );
     let dgamma = dy_xhat.sum_dim(0).reshape([d]);
     assert_close(
         "layer_norm dγ",
-        &host(dgamma),
-        &host(gc.grad(&grads).expect("dγ")),
+        &values(dgamma),
+        &values(gc.grad(&grads).expect("dγ")),
         1e-4,
     );
 
@@ -364,29 +356,32 @@ fn cube_kernels_match_burns_ops_on_the_cpu() {
     let (y, phi) = cube::gelu(&on_gpu1(&x)).expect("the kernels run on wgpu");
     let xc = on_cpu1(&x).require_grad();
     let yc = reference::gelu(xc.clone());
-    assert_close("gelu y", &host(y), &host(yc.clone().inner()), 1e-5);
+    assert_close("gelu y", &values(y), &values(yc.clone().inner()), 1e-5);
     let grads = (yc * on_cpu1(&dy)).sum().backward();
     let dx = cube::gelu_dx(&on_gpu1(&dy), &on_gpu1(&x), &phi).expect("the kernels run on wgpu");
     assert_close(
         "gelu dx",
-        &host(dx),
-        &host(xc.grad(&grads).expect("dx")),
+        &values(dx),
+        &values(xc.grad(&grads).expect("dx")),
         1e-5,
     );
     assert_eq!(n, x.len());
 
     // Scaled softmax over the last dimension, of a [2, 3, 5, 7] score tensor.
-    let s: Vec<f32> = values(2 * 3 * 5 * 7, 5).iter().map(|v| v * 40.0).collect();
+    let s: Vec<f32> = fill(2 * 3 * 5 * 7, 5, 2.0)
+        .iter()
+        .map(|v| v * 40.0)
+        .collect();
     let st = TensorData::new(s, [2, 3, 5, 7]);
     let st_copy = st.clone();
     let p = cube::softmax(&Tensor::<Wgpu, 4>::from_data(st.clone(), &gpu), 0.5)
         .expect("the kernels run on wgpu");
     let pc =
         burn::tensor::activation::softmax(Tensor::<Cpu, 4>::from_data(st, &cpu).mul_scalar(0.5), 3);
-    assert_close("softmax", &host(p.clone()), &host(pc), 1e-5);
+    assert_close("softmax", &values(p.clone()), &values(pc), 1e-5);
 
     // Its backward step, against Burn's autodiff of softmax(s·scale) for a gradient dp.
-    let dp = values(2 * 3 * 5 * 7, 6);
+    let dp = fill(2 * 3 * 5 * 7, 6, 2.0);
     let sc = Tensor::<CpuTrain, 4>::from_data(st_copy.clone(), &cpu).require_grad();
     let pc = burn::tensor::activation::softmax(sc.clone().mul_scalar(0.5), 3);
     let dpt = TensorData::new(dp, [2, 3, 5, 7]);
@@ -397,25 +392,25 @@ fn cube_kernels_match_burns_ops_on_the_cpu() {
         .expect("the kernels run on wgpu");
     assert_close(
         "softmax dx",
-        &host(ds),
-        &host(sc.grad(&grads).expect("ds")),
+        &values(ds),
+        &values(sc.grad(&grads).expect("ds")),
         1e-5,
     );
 
     // Heads: [B, T, 3·H·dh] -> [3, B, H, T, dh], as Burn's reshape and permute on the CPU,
     // and packed back.
     let (bt, t, h, dh) = (2, 5, 3, 4);
-    let qkv = values(bt * t * 3 * h * dh, 7);
+    let qkv = fill(bt * t * 3 * h * dh, 7, 2.0);
     let qd = TensorData::new(qkv.clone(), [bt, t, 3 * h * dh]);
     let parts = cube::split_heads(&Tensor::<Wgpu, 3>::from_data(qd.clone(), &gpu), 3, h)
         .expect("the kernels run on wgpu");
     let parts_c = Tensor::<Cpu, 3>::from_data(qd, &cpu)
         .reshape([bt, t, 3, h, dh])
         .permute([2, 0, 3, 1, 4]);
-    assert_close("split_heads", &host(parts.clone()), &host(parts_c), 0.0);
+    assert_close("split_heads", &values(parts.clone()), &values(parts_c), 0.0);
     let part = |i: usize| parts.clone().narrow(0, i, 1).reshape([bt, h, t, dh]);
     let packed = cube::pack_heads(&part(0), &part(1), &part(2)).expect("the kernels run on wgpu");
-    assert_close("pack_heads", &host(packed), &qkv, 0.0);
+    assert_close("pack_heads", &values(packed), &qkv, 0.0);
 
     // Eleven pieces end to end with zero padding (two launches, the second with empty slots).
     let lens = [3, 1, 128, 130, 7, 0, 256, 5, 9, 64, 2];
@@ -429,29 +424,29 @@ fn cube_kernels_match_burns_ops_on_the_cpu() {
         .zip(&pads)
         .enumerate()
         .map(|(i, (&n, &p))| {
-            let v = values(n, 10 + i as u32);
+            let v = fill(n, 10 + i as u64, 2.0);
             want.extend(&v);
             want.resize(want.len() + p - n, 0.0);
             Tensor::from_data(TensorData::new(v, [n]), &gpu)
         })
         .collect();
     let flat = cube::lay_end_to_end(&pieces, &pads, want.len()).expect("the kernels run on wgpu");
-    assert_close("lay_end_to_end", &host(flat), &want, 0.0);
+    assert_close("lay_end_to_end", &values(flat), &want, 0.0);
 
     // The EMA step of six tensors (two launches, the second with empty slots).
     let sizes = [5, 300, 1, 64, 17, 2];
     let (mut ts, mut ss, mut want) = (Vec::new(), Vec::new(), Vec::new());
     for (i, &n) in sizes.iter().enumerate() {
-        let (t, s) = (values(n, 30 + i as u32), values(n, 40 + i as u32));
+        let (t, s) = (fill(n, 30 + i as u64, 2.0), fill(n, 40 + i as u64, 2.0));
         let tc = Tensor::<Cpu, 1>::from_data(TensorData::new(t.clone(), [n]), &cpu);
         let sc = Tensor::<Cpu, 1>::from_data(TensorData::new(s.clone(), [n]), &cpu);
-        want.push(host(reference::ema(tc, sc, 0.996)));
+        want.push(values(reference::ema(tc, sc, 0.996)));
         ts.push(Tensor::<Wgpu, 1>::from_data(TensorData::new(t, [n]), &gpu));
         ss.push(Tensor::<Wgpu, 1>::from_data(TensorData::new(s, [n]), &gpu));
     }
     let got = cube::ema_many(&ts, &ss, 0.996).expect("the kernels run on wgpu");
     assert_eq!(got.len(), sizes.len());
     for (i, (g, w)) in got.into_iter().zip(&want).enumerate() {
-        assert_close(&format!("ema tensor {i}"), &host(g), w, 1e-6);
+        assert_close(&format!("ema tensor {i}"), &values(g), w, 1e-6);
     }
 }
