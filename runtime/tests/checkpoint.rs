@@ -2,9 +2,6 @@
 //! and weights of the uninterrupted run (CPU); corrupt, missing and foreign checkpoints are
 //! refused with clear errors; only the newest N are kept; `latest` points at the newest.
 
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::Tensor;
-use burn::tensor::backend::Backend;
 use canc_runtime::backend::CpuTrain;
 use canc_runtime::checkpoint::{self, Checkpoint, CheckpointError};
 use canc_runtime::data;
@@ -14,39 +11,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// A small plan of `spec`: 32 images, batch 16 (2 steps per epoch), a 1-block encoder.
-fn small(spec: &str) -> canc_compiler::Plan {
-    let sets: Vec<String> = [
-        "data.limit=32",
-        "train.batch=16",
-        "train.epochs=3",
-        "network.encoder.dim=32",
-        "network.encoder.depth=1",
-        "network.encoder.heads=2",
-        "schedule.warmup=2 steps",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let res = canc_compiler::resolve_path(format!("../specs/{spec}.canspec").as_ref(), &sets);
-    assert!(!res.has_errors(), "{spec} does not compile");
-    res.plans[0].clone()
-}
-
-struct Flat(Vec<f32>);
-impl<B: Backend> ModuleVisitor<B> for Flat {
-    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
-        let v = p.val().into_data().convert::<f32>();
-        self.0
-            .extend(v.as_slice::<f32>().expect("f32").iter().copied());
-    }
-}
-
-fn flat<B: Backend, M: Module<B>>(m: &M) -> Vec<f32> {
-    let mut f = Flat(Vec::new());
-    m.visit(&mut f);
-    f.0
-}
+mod common;
+use common::{flat, small};
 
 /// Sets the stop flag after step `at` (as Ctrl-C would).
 struct StopAt(u64, Arc<AtomicBool>);

@@ -3,14 +3,16 @@
 
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
-use burn::tensor::backend::Backend;
 use canc_runtime::backend::{Cpu, CpuTrain};
 use canc_runtime::data;
 use canc_runtime::exec::Program;
 use canc_runtime::train::{RunOptions, Trainer, train};
 
+mod common;
+use common::flat;
+
 fn small(spec: &str, extra: &[&str]) -> canc_compiler::Plan {
-    let mut sets: Vec<String> = [
+    let mut sets = vec![
         "data.limit=32",
         "train.batch=16",
         "train.epochs=2",
@@ -18,30 +20,9 @@ fn small(spec: &str, extra: &[&str]) -> canc_compiler::Plan {
         "network.encoder.depth=1",
         "network.encoder.heads=2",
         "schedule.warmup=0 steps",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    sets.extend(extra.iter().map(|s| s.to_string()));
-    let res = canc_compiler::resolve_path(format!("../specs/{spec}.canspec").as_ref(), &sets);
-    assert!(!res.has_errors(), "{spec} does not compile");
-    res.plans[0].clone()
-}
-
-/// Every float parameter, flattened, in visiting order.
-struct Flat(Vec<f32>);
-impl<B: Backend> ModuleVisitor<B> for Flat {
-    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
-        let v = p.val().into_data().convert::<f32>();
-        self.0
-            .extend(v.as_slice::<f32>().expect("f32").iter().copied());
-    }
-}
-
-fn flat<B: Backend, M: Module<B>>(m: &M) -> Vec<f32> {
-    let mut f = Flat(Vec::new());
-    m.visit(&mut f);
-    f.0
+    ];
+    sets.extend(extra);
+    common::plan(spec, &sets)
 }
 
 /// Builds `plan` and trains it `steps` steps of 16 images; the program and each step's loss.

@@ -8,7 +8,7 @@
 #![cfg(feature = "wgpu")]
 
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor};
 use canc_runtime::backend::{CpuTrain, WgpuTrain, wgpu_adapters};
 use canc_runtime::checkpoint::{self, Checkpoint};
@@ -17,7 +17,7 @@ use canc_runtime::exec::Program;
 use canc_runtime::train::{self, Outcome, RunOptions, Trainer};
 
 mod common;
-use common::{fill, values};
+use common::{fill, flat, small, values};
 
 /// Burn's device for the first adapter, or `None` (after saying so) when there is none.
 fn device() -> Option<burn::backend::wgpu::WgpuDevice> {
@@ -39,34 +39,6 @@ fn device() -> Option<burn::backend::wgpu::WgpuDevice> {
     }
 }
 
-/// A small plan of `spec`: 32 images, batch 16, a 1-block encoder of width 32.
-fn small(spec: &str) -> canc_compiler::Plan {
-    let sets: Vec<String> = [
-        "data.limit=32",
-        "train.batch=16",
-        "train.epochs=3",
-        "network.encoder.dim=32",
-        "network.encoder.depth=1",
-        "network.encoder.heads=2",
-        "schedule.warmup=2 steps",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let res = canc_compiler::resolve_path(format!("../specs/{spec}.canspec").as_ref(), &sets);
-    assert!(!res.has_errors(), "{spec} does not compile");
-    res.plans[0].clone()
-}
-
-struct Flat(Vec<f32>);
-impl<B: Backend> ModuleVisitor<B> for Flat {
-    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
-        let v = p.val().into_data().convert::<f32>();
-        self.0
-            .extend(v.as_slice::<f32>().expect("f32").iter().copied());
-    }
-}
-
 /// Losses of `steps` training steps of `plan` on backend `B`, from the initial weights of the
 /// checkpoint `init`, and the weights after them.
 fn train<B: AutodiffBackend>(
@@ -84,10 +56,8 @@ fn train<B: AutodiffBackend>(
     let optimizer = t.optimizer().to_string();
     let run = train::run(&mut t, &mut p, &ds, &o, device, &mut train::Quiet).expect("runs");
     assert_eq!(run.outcome, Outcome::Finished);
-    let mut w = Flat(Vec::new());
-    p.model.visit(&mut w);
     let losses = run.logs.iter().map(|l| l.loss).collect();
-    (losses, w.0, optimizer, p.network_calls())
+    (losses, flat(&p.model), optimizer, p.network_calls())
 }
 
 /// Trains `spec` for 4 steps on the CPU (its defaults: per-tensor AdamW, fused CPU kernels, a
