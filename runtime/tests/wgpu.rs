@@ -420,3 +420,120 @@ fn cube_kernels_match_burns_ops_on_the_cpu() {
         assert_close(&format!("ema tensor {i}"), &values(g), w, 1e-6);
     }
 }
+
+/// BatchNorm in training (batch statistics, running ones moved), with and without its affine
+/// and a ReLU after it: on wgpu through canc's kernels (`ops::batch_norm_train`, under
+/// autodiff and without), against Burn's composed ops on the CPU: outputs, running statistics
+/// and the gradients of `x`, `γ` and `β`. A batch of 37 (not a multiple of the kernel's row
+/// groups) and 45 features (two cubes of 32 columns, the second part empty).
+#[test]
+fn batch_norm_kernels_match_burns_ops_on_the_cpu() {
+    use burn::module::{Param, RunningState};
+    use burn::tensor::TensorData;
+    use canc_runtime::backend::Wgpu;
+    use canc_runtime::nn::BatchNorm1d;
+    let Some(gpu) = device() else { return };
+    canc_runtime::ops::set_fused(Some(true));
+    let cpu = Default::default();
+    let (n, c) = (37, 45);
+    let (x, dy) = (fill(n * c, 50, 2.0), fill(n * c, 51, 2.0));
+    let (g, b) = (fill(c, 52, 2.0), fill(c, 53, 0.5));
+    let (rm, rv): (Vec<f32>, Vec<f32>) = (
+        fill(c, 54, 1.0),
+        fill(c, 55, 0.5).iter().map(|v| v + 1.0).collect(),
+    );
+    fn bn<Bk: burn::tensor::backend::Backend>(
+        affine: bool,
+        [g, b, rm, rv]: [&[f32]; 4],
+        dev: &Bk::Device,
+    ) -> BatchNorm1d<Bk> {
+        let t = |v: &[f32]| Tensor::<Bk, 1>::from_data(TensorData::new(v.to_vec(), [v.len()]), dev);
+        let mut m = BatchNorm1d::new(g.len(), affine, dev);
+        if affine {
+            m.gamma = Some(Param::from_tensor(t(g)));
+            m.beta = Some(Param::from_tensor(t(b)));
+        }
+        m.running_mean = RunningState::new(t(rm));
+        m.running_var = RunningState::new(t(rv));
+        m
+    }
+    let stats = [&g[..], &b, &rm, &rv];
+    for affine in [true, false] {
+        for relu in [true, false] {
+            let case = format!("affine {affine}, relu {relu}");
+            let (bc, bg) = (
+                bn::<CpuTrain>(affine, stats, &cpu),
+                bn::<WgpuTrain>(affine, stats, &gpu),
+            );
+            let xc = Tensor::<CpuTrain, 2>::from_data(TensorData::new(x.clone(), [n, c]), &cpu)
+                .require_grad();
+            let xg = Tensor::<WgpuTrain, 2>::from_data(TensorData::new(x.clone(), [n, c]), &gpu)
+                .require_grad();
+            let (yc, yg) = (
+                bc.forward_act(xc.clone(), true, relu),
+                bg.forward_act(xg.clone(), true, relu),
+            );
+            let want_y = values(yc.clone());
+            assert_close(&format!("y ({case})"), &values(yg.clone()), &want_y, 1e-5);
+            for (what, a, w) in [
+                (
+                    "running mean",
+                    bg.running_mean.value(),
+                    bc.running_mean.value(),
+                ),
+                (
+                    "running var",
+                    bg.running_var.value(),
+                    bc.running_var.value(),
+                ),
+            ] {
+                assert_close(&format!("{what} ({case})"), &values(a), &values(w), 1e-5);
+            }
+            let gc = (yc * Tensor::from_data(TensorData::new(dy.clone(), [n, c]), &cpu))
+                .sum()
+                .backward();
+            let gg = (yg * Tensor::from_data(TensorData::new(dy.clone(), [n, c]), &gpu))
+                .sum()
+                .backward();
+            let grad = |t: &Tensor<WgpuTrain, 2>| values(t.grad(&gg).expect("dx on wgpu"));
+            let want = values(xc.grad(&gc).expect("dx on the cpu"));
+            assert_close(&format!("dx ({case})"), &grad(&xg), &want, 1e-4);
+            if affine {
+                for (what, pg, pc) in [
+                    ("dγ", bg.gamma.as_ref(), bc.gamma.as_ref()),
+                    ("dβ", bg.beta.as_ref(), bc.beta.as_ref()),
+                ] {
+                    let (pg, pc) = (pg.expect("affine"), pc.expect("affine"));
+                    assert_close(
+                        &format!("{what} ({case})"),
+                        &values(pg.val().grad(&gg).expect("on wgpu")),
+                        &values(pc.val().grad(&gc).expect("on the cpu")),
+                        1e-4,
+                    );
+                }
+            }
+            // An EMA teacher's BatchNorm: the same forward without autodiff.
+            let bi = bn::<Wgpu>(affine, stats, &gpu);
+            let yi = bi.forward_act(xg.clone().inner(), true, relu);
+            assert_close(
+                &format!("y without autodiff ({case})"),
+                &values(yi),
+                &want_y,
+                1e-5,
+            );
+            let moved = values(bi.running_var.value());
+            let want = values(bc.running_var.value());
+            assert_close(
+                &format!("running var without autodiff ({case})"),
+                &moved,
+                &want,
+                1e-5,
+            );
+        }
+    }
+    // The kernels ran, rather than a silent fallback to the composed ops.
+    let t = |v: &[f32]| Tensor::<Wgpu, 1>::from_data(TensorData::new(v.to_vec(), [c]), &gpu);
+    let xi = Tensor::<Wgpu, 2>::from_data(TensorData::new(x.clone(), [n, c]), &gpu);
+    let ran = canc_runtime::ops::batch_norm_train(&xi, None, (&t(&rm), &t(&rv)), 1e-5, 0.1, false);
+    assert!(ran.is_some(), "canc's BatchNorm kernel runs on wgpu");
+}

@@ -193,14 +193,20 @@ impl<B: Backend> Mlp<B> {
             if i == last {
                 break;
             }
-            x = match self.norms.get(i).and_then(Option::as_ref) {
-                Some(HiddenNorm::Bn(bn)) => bn.forward_mode(x, training),
-                Some(HiddenNorm::Ln(ln)) => crate::ops::layer_norm(ln, LN_EPS, x),
-                None => x,
-            };
-            x = match self.act {
-                Activation::Relu => relu(x),
-                Activation::Gelu => crate::ops::gelu(x),
+            x = match (self.norms.get(i).and_then(Option::as_ref), self.act) {
+                // BatchNorm then ReLU: one kernel on a GPU.
+                (Some(HiddenNorm::Bn(bn)), Activation::Relu) => bn.forward_act(x, training, true),
+                (norm, act) => {
+                    let x = match norm {
+                        Some(HiddenNorm::Bn(bn)) => bn.forward_mode(x, training),
+                        Some(HiddenNorm::Ln(ln)) => crate::ops::layer_norm(ln, LN_EPS, x),
+                        None => x,
+                    };
+                    match act {
+                        Activation::Relu => relu(x),
+                        Activation::Gelu => crate::ops::gelu(x),
+                    }
+                }
             };
         }
         match &self.last_norm {
@@ -264,6 +270,51 @@ impl<B: Backend> BatchNorm1d<B> {
     /// Normalises `[B, C]` with the batch's statistics (updating the running ones) when
     /// `training`, with the running statistics otherwise.
     pub fn forward_mode(&self, x: Tensor<B, 2>, training: bool) -> Tensor<B, 2> {
+        self.forward_act(x, training, false)
+    }
+
+    /// [`BatchNorm1d::forward_mode`], then ReLU if `relu`. In training on a GPU this is one
+    /// kernel forward and one backward ([`crate::ops::batch_norm_train`]).
+    pub fn forward_act(&self, x: Tensor<B, 2>, training: bool, relu: bool) -> Tensor<B, 2> {
+        if training {
+            let affine = match (&self.gamma, &self.beta) {
+                (Some(g), Some(b)) => Some(Some((g.val(), b.val()))),
+                (None, None) => Some(None),
+                _ => None,
+            };
+            if let Some(affine) = affine {
+                let (rm, rv) = (
+                    self.running_mean.value_sync(),
+                    self.running_var.value_sync(),
+                );
+                let fused = crate::ops::batch_norm_train(
+                    &x,
+                    affine.as_ref().map(|(g, b)| (g, b)),
+                    (&rm, &rv),
+                    self.epsilon,
+                    self.momentum,
+                    relu,
+                );
+                if let Some((y, rm, rv)) = fused {
+                    // Folded at once, as below.
+                    self.running_mean.update(rm);
+                    self.running_mean.value_sync();
+                    self.running_var.update(rv);
+                    self.running_var.value_sync();
+                    return y;
+                }
+            }
+        }
+        let y = self.composed(x, training);
+        if relu {
+            burn::tensor::activation::relu(y)
+        } else {
+            y
+        }
+    }
+
+    /// [`BatchNorm1d::forward_mode`] in Burn's tensor ops.
+    fn composed(&self, x: Tensor<B, 2>, training: bool) -> Tensor<B, 2> {
         let [n, c] = x.dims();
         let (mean, var) = if training {
             let mean = x.clone().mean_dim(0);

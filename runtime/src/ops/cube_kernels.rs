@@ -144,6 +144,194 @@ fn layer_norm_dx_kernel<E: Float>(
     }
 }
 
+/// Columns per BatchNorm cube; its `rs` row groups make the cube `COLS × rs` units.
+const COLS: usize = 32;
+
+/// The sum of every unit's `v` over this cube's `rs` row groups for the unit's column
+/// (`UNIT_POS_X`), through `shared` (`COLS·rs` floats; a fixed order, as [`cube_sum`]).
+#[cube]
+fn col_sum(v: f32, shared: &mut SharedMemory<f32>, #[comptime] rs: usize) -> f32 {
+    let x = UNIT_POS_X as usize;
+    shared[UNIT_POS_Y as usize * COLS + x] = v;
+    sync_cube();
+    let mut total = f32::new(0.0);
+    for j in 0..rs {
+        total += shared[j * COLS + x];
+    }
+    sync_cube();
+    total
+}
+
+/// BatchNorm's training forward on `x` (`[n, c]`): each cube takes `COLS` adjacent columns
+/// (coalesced loads along a row) and `rs` groups of rows (`UNIT_POS_Y`, rows `y, y + rs, …`),
+/// meeting in shared memory. Writes `y = x̂·γ + β` (then `max(y, 0)` with `relu`; `γ = 1`,
+/// `β = 0` without `affine`), `x̂`, `r = 1/√(σ² + ε)` and the running statistics moved by
+/// `momentum` towards the batch's mean and unbiased variance. Units past the last column
+/// stay for the cube's barriers and write nothing.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn batch_norm_kernel<E: Float>(
+    x: &Array<E>,
+    gamma: &Array<E>,
+    beta: &Array<E>,
+    running_mean: &Array<E>,
+    running_var: &Array<E>,
+    y: &mut Array<E>,
+    xhat: &mut Array<E>,
+    rstd: &mut Array<E>,
+    mean_out: &mut Array<E>,
+    var_out: &mut Array<E>,
+    n: usize,
+    c: usize,
+    eps: f32,
+    momentum: f32,
+    #[comptime] rs: usize,
+    #[comptime] affine: bool,
+    #[comptime] relu: bool,
+    #[define(E)] _dtype: StorageType,
+) {
+    let col = CUBE_POS * COLS + UNIT_POS_X as usize;
+    let (ry, steps) = (UNIT_POS_Y as usize, n.div_ceil(rs));
+    let live = col < c;
+    let mut shared = SharedMemory::<f32>::new(COLS * rs);
+    let inv_n = f32::new(1.0) / f32::cast_from(n);
+    let mut part = f32::new(0.0);
+    if live {
+        for k in 0..steps {
+            let r = k * rs + ry;
+            if r < n {
+                part += f32::cast_from(x[r * c + col]);
+            }
+        }
+    }
+    let mean = col_sum(part, &mut shared, rs) * inv_n;
+    let mut part = f32::new(0.0);
+    if live {
+        for k in 0..steps {
+            let r = k * rs + ry;
+            if r < n {
+                let d = f32::cast_from(x[r * c + col]) - mean;
+                part += d * d;
+            }
+        }
+    }
+    let var = col_sum(part, &mut shared, rs) * inv_n;
+    let inv = f32::new(1.0) / f32::sqrt(var + eps);
+    if live {
+        let mut g = f32::new(1.0);
+        let mut b = f32::new(0.0);
+        if affine {
+            g = f32::cast_from(gamma[col]);
+            b = f32::cast_from(beta[col]);
+        }
+        for k in 0..steps {
+            let r = k * rs + ry;
+            if r < n {
+                let i = r * c + col;
+                let h = (f32::cast_from(x[i]) - mean) * inv;
+                xhat[i] = E::cast_from(h);
+                let mut v = h * g + b;
+                if relu {
+                    v = f32::max(v, f32::new(0.0));
+                }
+                y[i] = E::cast_from(v);
+            }
+        }
+        if ry == 0 {
+            let mut unbiased = var;
+            if n > 1 {
+                unbiased = var * f32::cast_from(n) / f32::cast_from(n - 1);
+            }
+            let keep = f32::new(1.0) - momentum;
+            rstd[col] = E::cast_from(inv);
+            mean_out[col] =
+                E::cast_from(f32::cast_from(running_mean[col]) * keep + mean * momentum);
+            var_out[col] =
+                E::cast_from(f32::cast_from(running_var[col]) * keep + unbiased * momentum);
+        }
+    }
+}
+
+/// BatchNorm's backward step, laid out as [`batch_norm_kernel`]: with `g = dy` (zero where the
+/// forward's `relu` cut `x̂·γ + β ≤ 0`), `dβ = Σ g`, `dγ = Σ g·x̂` over the batch and
+/// `dx = r·γ·(g − dβ/n − x̂·dγ/n)`.
+#[cube(launch)]
+// The comptime flags stay in their own `if`s: CubeCL resolves those at expansion.
+#[allow(clippy::too_many_arguments, clippy::collapsible_if)]
+fn batch_norm_dx_kernel<E: Float>(
+    dy: &Array<E>,
+    xhat: &Array<E>,
+    rstd: &Array<E>,
+    gamma: &Array<E>,
+    beta: &Array<E>,
+    dx: &mut Array<E>,
+    dgamma: &mut Array<E>,
+    dbeta: &mut Array<E>,
+    n: usize,
+    c: usize,
+    #[comptime] rs: usize,
+    #[comptime] affine: bool,
+    #[comptime] relu: bool,
+    #[define(E)] _dtype: StorageType,
+) {
+    let col = CUBE_POS * COLS + UNIT_POS_X as usize;
+    let (ry, steps) = (UNIT_POS_Y as usize, n.div_ceil(rs));
+    let live = col < c;
+    let mut shared = SharedMemory::<f32>::new(COLS * rs);
+    let mut g = f32::new(1.0);
+    let mut b = f32::new(0.0);
+    if affine {
+        if live {
+            g = f32::cast_from(gamma[col]);
+            b = f32::cast_from(beta[col]);
+        }
+    }
+    let mut p1 = f32::new(0.0);
+    let mut p2 = f32::new(0.0);
+    if live {
+        for k in 0..steps {
+            let r = k * rs + ry;
+            if r < n {
+                let i = r * c + col;
+                let h = f32::cast_from(xhat[i]);
+                let mut d = f32::cast_from(dy[i]);
+                if relu {
+                    if h * g + b <= f32::new(0.0) {
+                        d = f32::new(0.0);
+                    }
+                }
+                p1 += d;
+                p2 += d * h;
+            }
+        }
+    }
+    let s1 = col_sum(p1, &mut shared, rs);
+    let s2 = col_sum(p2, &mut shared, rs);
+    if live {
+        let inv_n = f32::new(1.0) / f32::cast_from(n);
+        let scale = f32::cast_from(rstd[col]) * g;
+        let (m1, m2) = (s1 * inv_n, s2 * inv_n);
+        for k in 0..steps {
+            let r = k * rs + ry;
+            if r < n {
+                let i = r * c + col;
+                let h = f32::cast_from(xhat[i]);
+                let mut d = f32::cast_from(dy[i]);
+                if relu {
+                    if h * g + b <= f32::new(0.0) {
+                        d = f32::new(0.0);
+                    }
+                }
+                dx[i] = E::cast_from(scale * (d - m1 - h * m2));
+            }
+        }
+        if ry == 0 {
+            dgamma[col] = E::cast_from(s2);
+            dbeta[col] = E::cast_from(s1);
+        }
+    }
+}
+
 #[cube(launch)]
 fn gelu_kernel<E: Float>(
     x: &Array<E>,
@@ -564,6 +752,123 @@ pub(super) fn layer_norm_dx_on<B: Backend, R: CubeRuntime>(
 }
 
 /// [`super::cube::gelu`] on runtime `R` (the caller checked that `B` is its backend).
+/// Row groups per BatchNorm cube for a batch of `n`: up to 8 (256 units), fewer for small
+/// batches.
+fn row_groups(n: usize) -> usize {
+    (n / 8).next_power_of_two().clamp(1, 8)
+}
+
+fn column_grid(c: usize, rs: usize) -> (CubeCount, CubeDim) {
+    let cubes = c.div_ceil(COLS) as u32;
+    (
+        CubeCount::Static(cubes, 1, 1),
+        CubeDim::new_2d(COLS as u32, rs as u32),
+    )
+}
+
+/// [`super::cube::batch_norm`] on runtime `R` (the caller checked that `B` is its backend).
+pub(super) fn batch_norm_on<B: Backend, R: CubeRuntime>(
+    x: &Tensor<B, 2>,
+    affine: super::cube::Affine<'_, B>,
+    running: (&Tensor<B, 1>, &Tensor<B, 1>),
+    eps: f64,
+    momentum: f64,
+    relu: bool,
+) -> super::cube::BatchNormOut<B> {
+    let [n, c] = x.dims();
+    let x = cube::<B, R, 2>(x);
+    // Without an affine the kernel reads neither: any array stands in.
+    let (g, b) = match affine {
+        Some((g, b)) => (cube::<B, R, 1>(g), cube::<B, R, 1>(b)),
+        None => (x.clone(), x.clone()),
+    };
+    let (rm, rv) = (cube::<B, R, 1>(running.0), cube::<B, R, 1>(running.1));
+    let dtype = x.dtype;
+    let y = empty(&x, Shape::new([n, c]));
+    let xhat = empty(&x, Shape::new([n, c]));
+    let rstd = empty(&x, Shape::new([c]));
+    let mean = empty(&x, Shape::new([c]));
+    let var = empty(&x, Shape::new([c]));
+    let rs = row_groups(n);
+    let (count, dim) = column_grid(c, rs);
+    batch_norm_kernel::launch(
+        &x.client,
+        count,
+        dim,
+        x.clone().into_array_arg(),
+        g.into_array_arg(),
+        b.into_array_arg(),
+        rm.into_array_arg(),
+        rv.into_array_arg(),
+        y.clone().into_array_arg(),
+        xhat.clone().into_array_arg(),
+        rstd.clone().into_array_arg(),
+        mean.clone().into_array_arg(),
+        var.clone().into_array_arg(),
+        n,
+        c,
+        eps as f32,
+        momentum as f32,
+        rs,
+        affine.is_some(),
+        relu,
+        dtype.into(),
+    );
+    super::cube::BatchNormOut {
+        y: tensor(y),
+        xhat: tensor(xhat),
+        rstd: tensor(rstd),
+        running_mean: tensor(mean),
+        running_var: tensor(var),
+    }
+}
+
+/// [`super::cube::batch_norm_dx`] on runtime `R` (the caller checked that `B` is its backend).
+pub(super) fn batch_norm_dx_on<B: Backend, R: CubeRuntime>(
+    dy: &Tensor<B, 2>,
+    xhat: &Tensor<B, 2>,
+    rstd: &Tensor<B, 1>,
+    affine: super::cube::Affine<'_, B>,
+    relu: bool,
+) -> (Tensor<B, 2>, Tensor<B, 1>, Tensor<B, 1>) {
+    let [n, c] = dy.dims();
+    let (dy, xhat, rstd) = (
+        cube::<B, R, 2>(dy),
+        cube::<B, R, 2>(xhat),
+        cube::<B, R, 1>(rstd),
+    );
+    let (g, b) = match affine {
+        Some((g, b)) => (cube::<B, R, 1>(g), cube::<B, R, 1>(b)),
+        None => (rstd.clone(), rstd.clone()),
+    };
+    let dtype = dy.dtype;
+    let dx = empty(&dy, Shape::new([n, c]));
+    let dgamma = empty(&dy, Shape::new([c]));
+    let dbeta = empty(&dy, Shape::new([c]));
+    let rs = row_groups(n);
+    let (count, dim) = column_grid(c, rs);
+    batch_norm_dx_kernel::launch(
+        &dy.client,
+        count,
+        dim,
+        dy.clone().into_array_arg(),
+        xhat.into_array_arg(),
+        rstd.into_array_arg(),
+        g.into_array_arg(),
+        b.into_array_arg(),
+        dx.clone().into_array_arg(),
+        dgamma.clone().into_array_arg(),
+        dbeta.clone().into_array_arg(),
+        n,
+        c,
+        rs,
+        affine.is_some(),
+        relu,
+        dtype.into(),
+    );
+    (tensor(dx), tensor(dgamma), tensor(dbeta))
+}
+
 pub(super) fn gelu_on<B: Backend, R: CubeRuntime>(
     x: &Tensor<B, 1>,
 ) -> (Tensor<B, 1>, Tensor<B, 1>) {

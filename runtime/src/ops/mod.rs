@@ -106,6 +106,15 @@ pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
         return back(y);
     }
     on_cube_train!(B, G => back(tensor_ad::gelu::<G, D>(back(x))));
+    // A CubeCL backend without autodiff (an EMA teacher, evaluation): canc's kernel alone.
+    if on_cube_inner::<B>() {
+        let dims = x.dims();
+        let flat = x.reshape([dims.iter().product::<usize>()]);
+        return match cube::gelu(&flat) {
+            Some((y, _)) => y.reshape(dims),
+            None => reference::gelu(flat).reshape(dims),
+        };
+    }
     // Other backends: the tensor-op form, whose gradient is exact (see there).
     reference::gelu(x)
 }
@@ -155,7 +164,58 @@ pub fn layer_norm_with<B: Backend, const D: usize>(
         beta.map(back),
         eps
     )));
+    if on_cube_inner::<B>()
+        && let Some(b) = &beta
+    {
+        let dims = x.dims();
+        let d = dims[D - 1];
+        let x2 = x
+            .clone()
+            .reshape([dims.iter().product::<usize>() / d.max(1), d]);
+        if let Some((y, _, _)) = cube::layer_norm(&x2, &gamma, b, eps) {
+            return y.reshape(dims);
+        }
+    }
     reference::layer_norm(x, gamma, beta, eps)
+}
+
+/// BatchNorm's training forward over the batch of `x` (`[n, c]`): the batch's statistics,
+/// the affine `(γ, β)` if given, then ReLU if `relu`, and the `running` (mean, variance) moved
+/// by `momentum` towards the batch's mean and unbiased variance. Where canc's GPU kernels run
+/// (CUDA or wgpu, f32; with or without autodiff) that is one launch forward and one backward,
+/// returned as `Some((y, running mean, running variance))`; elsewhere `None`, and the caller
+/// composes Burn's ops ([`crate::nn::BatchNorm1d`]).
+pub fn batch_norm_train<B: Backend>(
+    x: &Tensor<B, 2>,
+    affine: cube::Affine<'_, B>,
+    running: (&Tensor<B, 1>, &Tensor<B, 1>),
+    eps: f64,
+    momentum: f64,
+    relu: bool,
+) -> Option<(Tensor<B, 2>, Tensor<B, 1>, Tensor<B, 1>)> {
+    on_cube_train!(B, G => {
+        type T<const D: usize> = Tensor<burn::backend::Autodiff<G>, D>;
+        let down = |t: &Tensor<B, 1>| back::<_, T<1>>(t.clone());
+        let affine = affine.map(|(g, b)| (down(g), down(b)));
+        let (rm, rv) = (down(running.0).inner(), down(running.1).inner());
+        tensor_ad::batch_norm::<G>(
+            &back::<_, T<2>>(x.clone()),
+            affine.as_ref().map(|(g, b)| (g, b)),
+            (&rm, &rv),
+            eps,
+            momentum,
+            relu,
+        )
+        .map(|(y, rm, rv)| {
+            let up = |t: Tensor<G, 1>| back::<_, Tensor<B, 1>>(T::<1>::from_inner(t));
+            (back(y), up(rm), up(rv))
+        })
+    });
+    if on_cube_inner::<B>() {
+        return cube::batch_norm(x, affine, running, eps, momentum, relu)
+            .map(|o| (o.y, o.running_mean, o.running_var));
+    }
+    None
 }
 
 /// Multi-head self-attention `softmax(q·kᵀ/√dh)·v` of a packed `qkv` `[B, T, 3d]` (last
@@ -194,6 +254,9 @@ pub fn attention<B: Backend>(qkv: Tensor<B, 3>, heads: usize) -> Tensor<B, 3> {
         return back(y);
     }
     on_cube_train!(B, G => back(tensor_ad::attention::<G>(back(qkv), heads)));
+    if on_cube_inner::<B>() {
+        return tensor_ad::attention_forward(qkv, heads).0;
+    }
     reference::attention(qkv, heads)
 }
 
@@ -293,6 +356,13 @@ fn owned(t: FlexTensor) -> FlexTensor {
         && t.layout().start_offset() == 0
         && t.bytes().len() == t.shape().num_elements() * t.dtype().size();
     if exact { t } else { t.to_contiguous() }
+}
+
+/// Whether `B` is a CubeCL backend without autodiff on which canc's kernels run
+/// ([`cube::runs_on`]) and the fused ops are on: the forward-only path of an EMA teacher and of
+/// evaluation on a GPU.
+fn on_cube_inner<B: Backend>() -> bool {
+    fused_enabled() && cube::runs_on::<B>()
 }
 
 /// Whether `A` and `B` are the same type and the fused kernels are on ([`fused_enabled`]).

@@ -197,13 +197,24 @@ impl<B: Backend> Backward<B, 1> for Attn {
 /// dimension laid out `(3, heads, d/heads)`) → `[B, T, d]` under autodiff, with the
 /// closed-form backward step above.
 pub fn attention<B: Backend>(qkv: Tensor<Autodiff<B>, 3>, heads: usize) -> Tensor<Autodiff<B>, 3> {
+    let xp: Prim<B> = qkv.into_primitive().tensor();
+    let (y, s) = attention_forward(inner::<B, 3>(xp.primitive.clone()), heads);
+    let y = finish(Attn, [&xp], || s, raw(y));
+    Tensor::from_primitive(TensorPrimitive::Float(y))
+}
+
+/// The attention of a packed `qkv` on backend `B` itself, with what its backward step keeps:
+/// canc's kernels split the heads and compute the softmax where they run ([`super::cube`]),
+/// Burn's ops otherwise. Without autodiff (an EMA teacher, evaluation) this is the whole op.
+pub fn attention_forward<B: Backend>(
+    qkv: Tensor<B, 3>,
+    heads: usize,
+) -> (Tensor<B, 3>, AttnState<B>) {
     let [b, t, w] = qkv.dims();
     let dh = w / 3 / heads;
-    let xp: Prim<B> = qkv.into_primitive().tensor();
     // [B, T, 3d] -> [3, B, heads, T, dh]
-    let xi = inner::<B, 3>(xp.primitive.clone());
-    let x = super::cube::split_heads(&xi, 3, heads)
-        .unwrap_or_else(|| xi.reshape([b, t, 3, heads, dh]).permute([2, 0, 3, 1, 4]));
+    let x = super::cube::split_heads(&qkv, 3, heads)
+        .unwrap_or_else(|| qkv.reshape([b, t, 3, heads, dh]).permute([2, 0, 3, 1, 4]));
     let part = |i: usize| x.clone().narrow(0, i, 1).reshape([b, heads, t, dh]);
     let (q, k, v) = (part(0), part(1), part(2));
     let scale = 1.0 / (dh as f64).sqrt();
@@ -217,16 +228,14 @@ pub fn attention<B: Backend>(qkv: Tensor<Autodiff<B>, 3>, heads: usize) -> Tenso
         .matmul(v.clone())
         .swap_dims(1, 2)
         .reshape([b, t, heads * dh]);
-
-    let state = || AttnState {
+    let state = AttnState {
         q: raw(q),
         k: raw(k),
         v: raw(v),
         p: raw(p),
         scale,
     };
-    let y = finish(Attn, [&xp], state, raw(y));
-    Tensor::from_primitive(TensorPrimitive::Float(y))
+    (y, state)
 }
 
 /// What a GELU backward step keeps: the input and `Φ(input)`.
@@ -284,4 +293,129 @@ pub fn gelu<B: Backend, const D: usize>(x: Tensor<Autodiff<B>, D>) -> Tensor<Aut
     };
     let y = finish(Gelu, [&xp], state, raw(y));
     Tensor::<Autodiff<B>, 1>::from_primitive(TensorPrimitive::Float(y)).reshape(dims)
+}
+
+/// What a BatchNorm backward step keeps: `x̂` (`[n, c]`), `r` (`[c]`), the affine `(γ, β)` if
+/// any, and whether a ReLU followed.
+#[derive(Debug, Clone)]
+pub struct BnState<B: Backend> {
+    xhat: B::FloatTensorPrimitive,
+    rstd: B::FloatTensorPrimitive,
+    affine: Option<(B::FloatTensorPrimitive, B::FloatTensorPrimitive)>,
+    relu: bool,
+}
+
+/// BatchNorm's backward step: parents `[x]` without an affine, `[x, γ, β]` with one.
+#[derive(Debug)]
+struct Bn<const N: usize>;
+
+impl<B: Backend, const N: usize> Backward<B, N> for Bn<N> {
+    type State = BnState<B>;
+
+    fn backward(self, ops: Ops<BnState<B>, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy: Tensor<B, 2> = inner(grads.consume::<B>(&ops.node));
+        let s = ops.state;
+        let (xhat, rstd): (Tensor<B, 2>, Tensor<B, 1>) = (inner(s.xhat), inner(s.rstd));
+        let affine: Option<(Tensor<B, 1>, Tensor<B, 1>)> =
+            s.affine.map(|(g, b)| (inner(g), inner(b)));
+        let kernel = super::cube::batch_norm_dx(
+            &dy,
+            &xhat,
+            &rstd,
+            affine.as_ref().map(|(g, b)| (g, b)),
+            s.relu,
+        );
+        let (dx, dg, db) = kernel.unwrap_or_else(|| bn_dx(dy, xhat, rstd, affine, s.relu));
+        let mut parents = ops.parents.into_iter();
+        if let Some(Some(p)) = parents.next() {
+            grads.register::<B>(p.id, raw(dx));
+        }
+        if let Some(Some(p)) = parents.next() {
+            grads.register::<B>(p.id, raw(dg));
+        }
+        if let Some(Some(p)) = parents.next() {
+            grads.register::<B>(p.id, raw(db));
+        }
+    }
+}
+
+/// [`super::cube::batch_norm_dx`] in Burn's tensor ops (where the kernel declines, e.g. an
+/// upstream gradient of another dtype).
+fn bn_dx<B: Backend>(
+    dy: Tensor<B, 2>,
+    xhat: Tensor<B, 2>,
+    rstd: Tensor<B, 1>,
+    affine: Option<(Tensor<B, 1>, Tensor<B, 1>)>,
+    relu: bool,
+) -> (Tensor<B, 2>, Tensor<B, 1>, Tensor<B, 1>) {
+    let [n, c] = dy.dims();
+    let g = match (&affine, relu) {
+        (Some((g, b)), true) => {
+            let y = xhat.clone() * g.clone().unsqueeze::<2>() + b.clone().unsqueeze::<2>();
+            dy.mask_fill(y.lower_equal_elem(0.0), 0.0)
+        }
+        (None, true) => dy.mask_fill(xhat.clone().lower_equal_elem(0.0), 0.0),
+        (_, false) => dy,
+    };
+    let db = g.clone().sum_dim(0);
+    let dg = (g.clone() * xhat.clone()).sum_dim(0);
+    let scale = match affine {
+        Some((gamma, _)) => rstd * gamma,
+        None => rstd,
+    };
+    let inv_n = 1.0 / n as f64;
+    let dx = (g - db.clone().mul_scalar(inv_n) - xhat * dg.clone().mul_scalar(inv_n))
+        * scale.unsqueeze::<2>();
+    (dx, dg.reshape([c]), db.reshape([c]))
+}
+
+/// A BatchNorm training step's output under autodiff and the running (mean, variance) after it.
+type BnTrained<B> = (Tensor<Autodiff<B>, 2>, Tensor<B, 1>, Tensor<B, 1>);
+
+/// BatchNorm's training forward (batch statistics; ReLU after it if `relu`) under autodiff
+/// through canc's kernels ([`super::cube::batch_norm`]), with their one-launch backward step:
+/// the output and the `running` (mean, variance) moved by `momentum`. `None` where the kernels
+/// do not run (another backend or dtype); the caller then composes Burn's ops.
+pub fn batch_norm<B: Backend>(
+    x: &Tensor<Autodiff<B>, 2>,
+    affine: super::cube::Affine<'_, Autodiff<B>>,
+    running: (&Tensor<B, 1>, &Tensor<B, 1>),
+    eps: f64,
+    momentum: f64,
+    relu: bool,
+) -> Option<BnTrained<B>> {
+    let xp: Prim<B> = x.clone().into_primitive().tensor();
+    let xi: Tensor<B, 2> = inner(xp.primitive.clone());
+    let ap: Option<(Prim<B>, Prim<B>)> = affine.map(|(g, b)| {
+        (
+            g.clone().into_primitive().tensor(),
+            b.clone().into_primitive().tensor(),
+        )
+    });
+    let ai: Option<(Tensor<B, 1>, Tensor<B, 1>)> = ap
+        .as_ref()
+        .map(|(g, b)| (inner(g.primitive.clone()), inner(b.primitive.clone())));
+    let out = super::cube::batch_norm(
+        &xi,
+        ai.as_ref().map(|(g, b)| (g, b)),
+        running,
+        eps,
+        momentum,
+        relu,
+    )?;
+    let state = BnState {
+        xhat: raw(out.xhat),
+        rstd: raw(out.rstd),
+        affine: ai.map(|(g, b)| (raw(g), raw(b))),
+        relu,
+    };
+    let y = match &ap {
+        Some((g, b)) => finish(Bn::<3>, [&xp, g, b], || state, raw(out.y)),
+        None => finish(Bn::<1>, [&xp], || state, raw(out.y)),
+    };
+    Some((
+        Tensor::from_primitive(TensorPrimitive::Float(y)),
+        out.running_mean,
+        out.running_var,
+    ))
 }
