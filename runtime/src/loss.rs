@@ -172,7 +172,28 @@ pub fn mse<B: Backend>(
     target: Tensor<B, 3>,
     select: Option<Tensor<B, 2>>,
 ) -> Tensor<B, 1> {
-    patch_mean(mean_last(pred.sub(target).square()), select)
+    fused_patch_error(&pred, &target, select.as_ref(), false)
+        .unwrap_or_else(|| patch_mean(mean_last(pred.sub(target).square()), select))
+}
+
+/// [`mse`] or [`l1`] as one GPU kernel and its reduction ([`crate::ops::patch_error`]) where
+/// canc's kernels run; `None` elsewhere.
+fn fused_patch_error<B: Backend>(
+    pred: &Tensor<B, 3>,
+    target: &Tensor<B, 3>,
+    select: Option<&Tensor<B, 2>>,
+    l1: bool,
+) -> Option<Tensor<B, 1>> {
+    let [b, n, d] = pred.dims();
+    if !crate::ops::gpu_kernels::<B>()
+        || target.dims() != [b, n, d]
+        || select.is_some_and(|s| s.dims() != [b, n])
+    {
+        return None;
+    }
+    let rows = |t: &Tensor<B, 3>| t.clone().reshape([b * n, d]);
+    let select = select.map(|s| s.clone().reshape([b * n]));
+    crate::ops::patch_error(&rows(pred), &rows(target), select.as_ref(), l1)
 }
 
 /// As [`mse`] with |pred − target| in place of the square.
@@ -181,7 +202,8 @@ pub fn l1<B: Backend>(
     target: Tensor<B, 3>,
     select: Option<Tensor<B, 2>>,
 ) -> Tensor<B, 1> {
-    patch_mean(mean_last(pred.sub(target).abs()), select)
+    fused_patch_error(&pred, &target, select.as_ref(), true)
+        .unwrap_or_else(|| patch_mean(mean_last(pred.sub(target).abs()), select))
 }
 
 /// MSE between embeddings `[B, d]` (mean over all elements).
@@ -215,6 +237,12 @@ pub fn patchify<B: Backend>(images: Tensor<B, 4>, patch: usize) -> Tensor<B, 3> 
 /// Per-patch normalisation of targets (MAE `norm_pix_loss`): `(x − mean) / sqrt(var + eps)`
 /// over the last dim, var unbiased (torch `.var` default; a last dim of 1 gives NaN as in torch).
 pub fn patch_norm<B: Backend>(patches: Tensor<B, 3>, eps: f64) -> Tensor<B, 3> {
+    let [b, n, d] = patches.dims();
+    if crate::ops::gpu_kernels::<B>()
+        && let Some(y) = crate::ops::patch_norm(&patches.clone().reshape([b * n, d]), eps)
+    {
+        return y.reshape([b, n, d]);
+    }
     let (var, mean) = patches.clone().var_mean(2);
     patches.sub(mean).div(var.add_scalar(eps).sqrt())
 }

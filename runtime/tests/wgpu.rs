@@ -537,3 +537,93 @@ fn batch_norm_kernels_match_burns_ops_on_the_cpu() {
     let ran = canc_runtime::ops::batch_norm_train(&xi, None, (&t(&rm), &t(&rv)), 1e-5, 0.1, false);
     assert!(ran.is_some(), "canc's BatchNorm kernel runs on wgpu");
 }
+
+/// The reconstruction losses (`loss::mse`, `loss::l1` on patches) on wgpu, through canc's
+/// kernels, against Burn's composed ops on the CPU: the loss and the gradients of the
+/// prediction and of a target that needs one, with a selection of rows and without, and with
+/// an empty selection (loss 0); and MAE's per-patch target normalisation.
+#[test]
+fn patch_losses_match_burns_ops_on_the_cpu() {
+    use burn::tensor::TensorData;
+    use canc_runtime::loss;
+    let Some(gpu) = device() else { return };
+    canc_runtime::ops::set_fused(Some(true));
+    let cpu = Default::default();
+    let (b, n, d) = (3, 7, 13);
+    let (p, t) = (fill(b * n * d, 60, 2.0), fill(b * n * d, 61, 2.0));
+    let some: Vec<f32> = (0..b * n)
+        .map(|i| f32::from(u8::from(i % 3 != 1)))
+        .collect();
+    let none = vec![0.0; b * n];
+    for l1 in [false, true] {
+        for select in [None, Some(&some), Some(&none)] {
+            let case = format!(
+                "l1 {l1}, select {:?}",
+                select.map(|s| s.iter().sum::<f32>())
+            );
+            let cpu_t = |v: &[f32]| {
+                Tensor::<CpuTrain, 3>::from_data(TensorData::new(v.to_vec(), [b, n, d]), &cpu)
+                    .require_grad()
+            };
+            let gpu_t = |v: &[f32]| {
+                Tensor::<WgpuTrain, 3>::from_data(TensorData::new(v.to_vec(), [b, n, d]), &gpu)
+                    .require_grad()
+            };
+            let (pc, tc, pg, tg) = (cpu_t(&p), cpu_t(&t), gpu_t(&p), gpu_t(&t));
+            let sc = select.map(|s| Tensor::from_data(TensorData::new(s.clone(), [b, n]), &cpu));
+            let sg = select.map(|s| Tensor::from_data(TensorData::new(s.clone(), [b, n]), &gpu));
+            let (lc, lg) = if l1 {
+                (
+                    loss::l1(pc.clone(), tc.clone(), sc),
+                    loss::l1(pg.clone(), tg.clone(), sg),
+                )
+            } else {
+                (
+                    loss::mse(pc.clone(), tc.clone(), sc),
+                    loss::mse(pg.clone(), tg.clone(), sg),
+                )
+            };
+            let want = values(lc.clone());
+            assert_close(&format!("loss ({case})"), &values(lg.clone()), &want, 1e-5);
+            let (gc, gg) = (lc.mul_scalar(3.0).backward(), lg.mul_scalar(3.0).backward());
+            for (what, a, w) in [("dpred", &pg, &pc), ("dtarget", &tg, &tc)] {
+                assert_close(
+                    &format!("{what} ({case})"),
+                    &values(a.grad(&gg).expect("on wgpu")),
+                    &values(w.grad(&gc).expect("on the cpu")),
+                    1e-5,
+                );
+            }
+        }
+    }
+    // MAE's per-patch target normalisation: of the data (canc's kernel), and of a tracked input
+    // (Burn's ops, for the gradient).
+    let pc = Tensor::<CpuTrain, 3>::from_data(TensorData::new(p.clone(), [b, n, d]), &cpu);
+    let pg = Tensor::<WgpuTrain, 3>::from_data(TensorData::new(p.clone(), [b, n, d]), &gpu);
+    let want = values(loss::patch_norm(pc.clone(), 1e-6));
+    let got = values(loss::patch_norm(pg.clone(), 1e-6));
+    assert_close("patch_norm", &got, &want, 1e-5);
+    let (pc, pg) = (pc.require_grad(), pg.require_grad());
+    let (yc, yg) = (
+        loss::patch_norm(pc.clone(), 1e-6),
+        loss::patch_norm(pg.clone(), 1e-6),
+    );
+    assert_close("tracked patch_norm", &values(yg.clone()), &want, 1e-5);
+    let (gc, gg) = (
+        yc.powf_scalar(3.0).sum().backward(),
+        yg.powf_scalar(3.0).sum().backward(),
+    );
+    assert_close(
+        "patch_norm dx",
+        &values(pg.grad(&gg).expect("on wgpu")),
+        &values(pc.grad(&gc).expect("on the cpu")),
+        1e-4,
+    );
+
+    // The kernels ran, rather than a silent fallback to the composed ops.
+    let x = Tensor::<WgpuTrain, 2>::from_data(TensorData::new(p.clone(), [b * n, d]), &gpu);
+    let ran = canc_runtime::ops::patch_error(&x, &x, None, false);
+    assert!(ran.is_some(), "canc's patch-error kernels run on wgpu");
+    let ran = canc_runtime::ops::patch_norm(&x, 1e-6);
+    assert!(ran.is_some(), "canc's patch-norm kernel runs on wgpu");
+}

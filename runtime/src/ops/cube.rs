@@ -156,6 +156,62 @@ pub fn batch_norm_dx<B: Backend>(
     on_runtime!(B, R => Some(k::batch_norm_dx_on::<B, R>(dy, xhat, rstd, affine, relu)))
 }
 
+/// MAE's per-patch target normalisation (`loss::patch_norm`) of the rows of `x` (`[rows, d]`,
+/// `d ≥ 2`): `(x − μ)/√(s² + ε)`, `s²` the unbiased variance, in one launch instead of 9.
+#[cfg_attr(not(any(feature = "cuda", feature = "wgpu")), allow(unused_variables))]
+pub fn patch_norm<B: Backend>(x: &Tensor<B, 2>, eps: f64) -> Option<Tensor<B, 2>> {
+    if x.dims()[1] < 2 || !all_f32(&[x.dtype()]) {
+        return None;
+    }
+    on_runtime!(B, R => Some(k::patch_norm_on::<B, R>(x, eps)))
+}
+
+/// The reconstruction losses' reduction (`loss::mse` and `loss::l1` on patches): each row's
+/// mean error `mean_j (p − t)²` (or `|p − t|` with `l1`) of `pred` against `target` (`[rows,
+/// d]`), then the mean over the rows where `select` (`[rows]`, 1.0 or 0.0) holds, `Σ err·sel /
+/// max(Σ sel, f32::MIN_POSITIVE)` (over all rows without it). Returns the loss and the
+/// denominator (`[1]` each), in two launches instead of about 12.
+#[cfg_attr(not(any(feature = "cuda", feature = "wgpu")), allow(unused_variables))]
+pub fn patch_error<B: Backend>(
+    pred: &Tensor<B, 2>,
+    target: &Tensor<B, 2>,
+    select: Option<&Tensor<B, 1>>,
+    l1: bool,
+) -> Option<(Tensor<B, 1>, Tensor<B, 1>)> {
+    let [rows, d] = pred.dims();
+    let mut dtypes = vec![pred.dtype(), target.dtype()];
+    dtypes.extend(select.map(Tensor::dtype));
+    let fits = rows > 0
+        && d > 0
+        && target.dims() == [rows, d]
+        && select.is_none_or(|s| s.dims() == [rows]);
+    if !fits || !all_f32(&dtypes) {
+        return None;
+    }
+    on_runtime!(B, R => Some(k::patch_error_on::<B, R>(pred, target, select, l1)))
+}
+
+/// The gradient of [`patch_error`]'s loss in `pred`, from `dl` (the loss's gradient) and
+/// the denominator `den` (`[1]` each):
+/// `dloss·sel/den · 2(p − t)/d` (or `sign(p − t)/d` with `l1`), in one launch. The target's
+/// gradient is its negation.
+#[cfg_attr(not(any(feature = "cuda", feature = "wgpu")), allow(unused_variables))]
+pub fn patch_error_dx<B: Backend>(
+    pred: &Tensor<B, 2>,
+    target: &Tensor<B, 2>,
+    select: Option<&Tensor<B, 1>>,
+    (dl, den): (&Tensor<B, 1>, &Tensor<B, 1>),
+    l1: bool,
+) -> Option<Tensor<B, 2>> {
+    let mut dtypes = vec![pred.dtype(), target.dtype(), dl.dtype(), den.dtype()];
+    dtypes.extend(select.map(Tensor::dtype));
+    let fits = pred.dims() == target.dims() && dl.dims() == [1] && den.dims() == [1];
+    if !fits || !all_f32(&dtypes) {
+        return None;
+    }
+    on_runtime!(B, R => Some(k::patch_error_dx_on::<B, R>(pred, target, select, (dl, den), l1)))
+}
+
 /// Exact GELU of a flat `x`: `(x·Φ(x), Φ(x))`, `Φ(x) = (1 + erf(x/√2))/2`, in one launch.
 #[cfg_attr(not(any(feature = "cuda", feature = "wgpu")), allow(unused_variables))]
 pub fn gelu<B: Backend>(x: &Tensor<B, 1>) -> Option<(Tensor<B, 1>, Tensor<B, 1>)> {

@@ -332,6 +332,164 @@ fn batch_norm_dx_kernel<E: Float>(
     }
 }
 
+/// MAE's per-patch target normalisation `(x − μ)/√(s² + ε)` over each row of `d`, `s²` the
+/// unbiased variance; one cube of `w` units per row, as [`layer_norm_kernel`].
+#[cube(launch)]
+fn patch_norm_kernel<E: Float>(
+    x: &Array<E>,
+    y: &mut Array<E>,
+    rows: usize,
+    d: usize,
+    eps: f32,
+    #[comptime] w: usize,
+    #[define(E)] _dtype: StorageType,
+) {
+    let row = CUBE_POS;
+    if row >= rows {
+        terminate!();
+    }
+    let mut shared = SharedMemory::<f32>::new(w);
+    let (u, base, steps) = (UNIT_POS as usize, row * d, d.div_ceil(w));
+    let mut part = f32::new(0.0);
+    for k in 0..steps {
+        let i = k * w + u;
+        if i < d {
+            part += f32::cast_from(x[base + i]);
+        }
+    }
+    let mean = cube_sum(part, &mut shared, w) / f32::cast_from(d);
+    let mut part = f32::new(0.0);
+    for k in 0..steps {
+        let i = k * w + u;
+        if i < d {
+            let c = f32::cast_from(x[base + i]) - mean;
+            part += c * c;
+        }
+    }
+    let var = cube_sum(part, &mut shared, w) / f32::cast_from(d - 1);
+    let r = f32::new(1.0) / f32::sqrt(var + eps);
+    for k in 0..steps {
+        let i = k * w + u;
+        if i < d {
+            y[base + i] = E::cast_from((f32::cast_from(x[base + i]) - mean) * r);
+        }
+    }
+}
+
+/// Each row's error against the target, `mean_j (p − t)²` (or `|p − t|` with `l1`), one cube
+/// of `w` units per row of `d`, as [`layer_norm_kernel`].
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn row_error_kernel<E: Float>(
+    pred: &Array<E>,
+    target: &Array<E>,
+    err: &mut Array<E>,
+    rows: usize,
+    d: usize,
+    #[comptime] w: usize,
+    #[comptime] l1: bool,
+    #[define(E)] _dtype: StorageType,
+) {
+    let row = CUBE_POS;
+    if row >= rows {
+        terminate!();
+    }
+    let mut shared = SharedMemory::<f32>::new(w);
+    let (u, base, steps) = (UNIT_POS as usize, row * d, d.div_ceil(w));
+    let mut part = f32::new(0.0);
+    for k in 0..steps {
+        let i = k * w + u;
+        if i < d {
+            let e = f32::cast_from(pred[base + i]) - f32::cast_from(target[base + i]);
+            if l1 {
+                part += f32::abs(e);
+            } else {
+                part += e * e;
+            }
+        }
+    }
+    let total = cube_sum(part, &mut shared, w);
+    if u == 0 {
+        err[row] = E::cast_from(total / f32::cast_from(d));
+    }
+}
+
+/// One cube of `w` units: `loss = Σ err·sel / den`, `den = max(Σ sel, f32::MIN_POSITIVE)`
+/// (`sel = 1` for every row without `select`), into `loss` and `den` (one element each).
+#[cube(launch)]
+fn selected_mean_kernel<E: Float>(
+    err: &Array<E>,
+    select: &Array<E>,
+    loss: &mut Array<E>,
+    den_out: &mut Array<E>,
+    rows: usize,
+    #[comptime] w: usize,
+    #[comptime] selected: bool,
+    #[define(E)] _dtype: StorageType,
+) {
+    let mut shared = SharedMemory::<f32>::new(w);
+    let (u, steps) = (UNIT_POS as usize, rows.div_ceil(w));
+    let mut num = f32::new(0.0);
+    let mut den = f32::new(0.0);
+    for k in 0..steps {
+        let i = k * w + u;
+        if i < rows {
+            let mut s = f32::new(1.0);
+            if selected {
+                s = f32::cast_from(select[i]);
+            }
+            num += f32::cast_from(err[i]) * s;
+            den += s;
+        }
+    }
+    let num = cube_sum(num, &mut shared, w);
+    let den = f32::max(cube_sum(den, &mut shared, w), f32::new(f32::MIN_POSITIVE));
+    if u == 0 {
+        loss[0] = E::cast_from(num / den);
+        den_out[0] = E::cast_from(den);
+    }
+}
+
+/// The gradient of [`selected_mean_kernel`]'s loss in `pred`: `dl·sel/den · 2(p − t)/d` (or
+/// `sign(p − t)/d` with `l1`; `sign(0) = 0`), `dl` and `den` one element each.
+/// One unit per element.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn row_error_dx_kernel<E: Float>(
+    pred: &Array<E>,
+    target: &Array<E>,
+    select: &Array<E>,
+    dl: &Array<E>,
+    den: &Array<E>,
+    dpred: &mut Array<E>,
+    n: usize,
+    d: usize,
+    #[comptime] selected: bool,
+    #[comptime] l1: bool,
+    #[define(E)] _dtype: StorageType,
+) {
+    let i = ABSOLUTE_POS;
+    if i >= n {
+        terminate!();
+    }
+    let mut scale = f32::cast_from(dl[0]) / (f32::cast_from(den[0]) * f32::cast_from(d));
+    if selected {
+        scale *= f32::cast_from(select[i / d]);
+    }
+    let e = f32::cast_from(pred[i]) - f32::cast_from(target[i]);
+    let mut g = f32::new(2.0) * e;
+    if l1 {
+        g = f32::new(0.0);
+        if e > f32::new(0.0) {
+            g = f32::new(1.0);
+        }
+        if e < f32::new(0.0) {
+            g = f32::new(-1.0);
+        }
+    }
+    dpred[i] = E::cast_from(scale * g);
+}
+
 #[cube(launch)]
 fn gelu_kernel<E: Float>(
     x: &Array<E>,
@@ -867,6 +1025,112 @@ pub(super) fn batch_norm_dx_on<B: Backend, R: CubeRuntime>(
         dtype.into(),
     );
     (tensor(dx), tensor(dgamma), tensor(dbeta))
+}
+
+/// [`super::cube::patch_norm`] on runtime `R` (the caller checked that `B` is its backend).
+pub(super) fn patch_norm_on<B: Backend, R: CubeRuntime>(
+    x: &Tensor<B, 2>,
+    eps: f64,
+) -> Tensor<B, 2> {
+    let [rows, d] = x.dims();
+    let x = cube::<B, R, 2>(x);
+    let dtype = x.dtype;
+    let y = empty(&x, Shape::new([rows, d]));
+    let w = row_width(d);
+    let (count, dim) = row_grid(&x, rows, w);
+    patch_norm_kernel::launch(
+        &x.client,
+        count,
+        dim,
+        x.clone().into_array_arg(),
+        y.clone().into_array_arg(),
+        rows,
+        d,
+        eps as f32,
+        w,
+        dtype.into(),
+    );
+    tensor(y)
+}
+
+/// [`super::cube::patch_error`] on runtime `R` (the caller checked that `B` is its backend).
+pub(super) fn patch_error_on<B: Backend, R: CubeRuntime>(
+    pred: &Tensor<B, 2>,
+    target: &Tensor<B, 2>,
+    select: Option<&Tensor<B, 1>>,
+    l1: bool,
+) -> (Tensor<B, 1>, Tensor<B, 1>) {
+    let [rows, d] = pred.dims();
+    let (p, t) = (cube::<B, R, 2>(pred), cube::<B, R, 2>(target));
+    let dtype = p.dtype;
+    let err = empty(&p, Shape::new([rows]));
+    let w = row_width(d);
+    let (count, dim) = row_grid(&p, rows, w);
+    row_error_kernel::launch(
+        &p.client,
+        count,
+        dim,
+        p.clone().into_array_arg(),
+        t.into_array_arg(),
+        err.clone().into_array_arg(),
+        rows,
+        d,
+        w,
+        l1,
+        dtype.into(),
+    );
+    // Without a selection the kernel reads none: any array stands in.
+    let sel = select.map_or_else(|| err.clone(), cube::<B, R, 1>);
+    let (loss, den) = (empty(&p, Shape::new([1])), empty(&p, Shape::new([1])));
+    let w = 256;
+    selected_mean_kernel::launch(
+        &p.client,
+        CubeCount::Static(1, 1, 1),
+        CubeDim::new_1d(w as u32),
+        err.into_array_arg(),
+        sel.into_array_arg(),
+        loss.clone().into_array_arg(),
+        den.clone().into_array_arg(),
+        rows,
+        w,
+        select.is_some(),
+        dtype.into(),
+    );
+    (tensor(loss), tensor(den))
+}
+
+/// [`super::cube::patch_error_dx`] on runtime `R` (the caller checked that `B` is its backend).
+pub(super) fn patch_error_dx_on<B: Backend, R: CubeRuntime>(
+    pred: &Tensor<B, 2>,
+    target: &Tensor<B, 2>,
+    select: Option<&Tensor<B, 1>>,
+    (dl, den): (&Tensor<B, 1>, &Tensor<B, 1>),
+    l1: bool,
+) -> Tensor<B, 2> {
+    let [rows, d] = pred.dims();
+    let (p, t) = (cube::<B, R, 2>(pred), cube::<B, R, 2>(target));
+    let (dl, den) = (cube::<B, R, 1>(dl), cube::<B, R, 1>(den));
+    let sel = select.map_or_else(|| den.clone(), cube::<B, R, 1>);
+    let dtype = p.dtype;
+    let dp = empty(&p, Shape::new([rows, d]));
+    let (count, dim) = grid(&p, rows * d);
+    row_error_dx_kernel::launch(
+        &p.client,
+        count,
+        dim,
+        p.clone().into_array_arg(),
+        t.into_array_arg(),
+        sel.into_array_arg(),
+        dl.into_array_arg(),
+        den.into_array_arg(),
+        dp.clone().into_array_arg(),
+        rows * d,
+        d,
+        select.is_some(),
+        l1,
+        dtype.into(),
+    );
+    tensor(dp)
 }
 
 pub(super) fn gelu_on<B: Backend, R: CubeRuntime>(

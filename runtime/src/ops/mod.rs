@@ -218,6 +218,54 @@ pub fn batch_norm_train<B: Backend>(
     None
 }
 
+/// MAE's per-patch target normalisation of the rows of `x` (`[rows, d]`) with canc's GPU
+/// kernel, where it runs and `x` needs no gradient (a target made from the data, as in every
+/// spec); `None` otherwise, and the caller composes Burn's ops ([`crate::loss::patch_norm`]).
+pub fn patch_norm<B: Backend>(x: &Tensor<B, 2>, eps: f64) -> Option<Tensor<B, 2>> {
+    on_cube_train!(B, G => {
+        type T<const D: usize> = Tensor<burn::backend::Autodiff<G>, D>;
+        let x = back::<_, T<2>>(x.clone());
+        let p: <burn::backend::Autodiff<G> as burn::tensor::backend::BackendTypes>::FloatTensorPrimitive =
+            x.clone().into_primitive().tensor();
+        if !p.node.requirement.is_none() {
+            return None;
+        }
+        cube::patch_norm(&x.inner(), eps).map(|y| back(T::<2>::from_inner(y)))
+    });
+    if on_cube_inner::<B>() {
+        return cube::patch_norm(x, eps);
+    }
+    None
+}
+
+/// The reconstruction losses' reduction of `pred` against `target` (`[rows, d]`): each row's
+/// mean squared error (mean absolute with `l1`), then the mean over the rows where `select`
+/// (`[rows]`, 1.0 or 0.0) holds (all rows without it; an empty selection gives 0). `Some` where
+/// canc's GPU kernels run (two launches forward, one backward), `None` elsewhere: the caller
+/// composes Burn's ops ([`crate::loss::mse`]).
+pub fn patch_error<B: Backend>(
+    pred: &Tensor<B, 2>,
+    target: &Tensor<B, 2>,
+    select: Option<&Tensor<B, 1>>,
+    l1: bool,
+) -> Option<Tensor<B, 1>> {
+    on_cube_train!(B, G => {
+        type T<const D: usize> = Tensor<burn::backend::Autodiff<G>, D>;
+        let select = select.map(|s| back::<_, T<1>>(s.clone()));
+        tensor_ad::patch_error::<G>(
+            &back::<_, T<2>>(pred.clone()),
+            &back::<_, T<2>>(target.clone()),
+            select.as_ref(),
+            l1,
+        )
+        .map(back)
+    });
+    if on_cube_inner::<B>() {
+        return cube::patch_error(pred, target, select, l1).map(|(loss, _)| loss);
+    }
+    None
+}
+
 /// Multi-head self-attention `softmax(q·kᵀ/√dh)·v` of a packed `qkv` `[B, T, 3d]` (last
 /// dimension laid out `(3, heads, d/heads)`, as timm's qkv Linear) → `[B, T, d]` with the heads
 /// concatenated, ready for the output projection.
@@ -356,6 +404,13 @@ fn owned(t: FlexTensor) -> FlexTensor {
         && t.layout().start_offset() == 0
         && t.bytes().len() == t.shape().num_elements() * t.dtype().size();
     if exact { t } else { t.to_contiguous() }
+}
+
+/// Whether canc's GPU kernels ([`cube`]) run for backend `B`: CUDA's or wgpu's, with or without
+/// autodiff, the fused ops on.
+pub fn gpu_kernels<B: Backend>() -> bool {
+    on_cube_train!(B, G => cube::enabled());
+    on_cube_inner::<B>()
 }
 
 /// Whether `B` is a CubeCL backend without autodiff on which canc's kernels run

@@ -419,3 +419,87 @@ pub fn batch_norm<B: Backend>(
         out.running_var,
     ))
 }
+
+/// What a patch-error backward step keeps: the prediction and target (`[rows, d]`), the row
+/// selection, the loss's denominator and whether the error is L1.
+#[derive(Debug, Clone)]
+pub struct PatchErrorState<B: Backend> {
+    pred: B::FloatTensorPrimitive,
+    target: B::FloatTensorPrimitive,
+    select: Option<B::FloatTensorPrimitive>,
+    den: B::FloatTensorPrimitive,
+    l1: bool,
+}
+
+/// The patch error's backward step: parents `[pred, target]`.
+#[derive(Debug)]
+struct PatchError;
+
+impl<B: Backend> Backward<B, 2> for PatchError {
+    type State = PatchErrorState<B>;
+
+    fn backward(
+        self,
+        ops: Ops<PatchErrorState<B>, 2>,
+        grads: &mut Gradients,
+        _: &mut Checkpointer,
+    ) {
+        let [pp, pt] = ops.parents;
+        let dl: Tensor<B, 1> = inner(grads.consume::<B>(&ops.node));
+        let s = ops.state;
+        let (pred, target): (Tensor<B, 2>, Tensor<B, 2>) = (inner(s.pred), inner(s.target));
+        let select: Option<Tensor<B, 1>> = s.select.map(inner);
+        let den: Tensor<B, 1> = inner(s.den);
+        let kernel =
+            super::cube::patch_error_dx(&pred, &target, select.as_ref(), (&dl, &den), s.l1);
+        let dp = kernel.unwrap_or_else(|| {
+            let [rows, d] = pred.dims();
+            let e = pred - target;
+            let g = if s.l1 { e.sign() } else { e.mul_scalar(2.0) };
+            let per_row = (dl / den).reshape([1, 1]).div_scalar(d as f64);
+            let per_row = match select {
+                Some(sel) => sel.reshape([rows, 1]) * per_row,
+                None => per_row,
+            };
+            g * per_row
+        });
+        if let Some(p) = pt {
+            grads.register::<B>(p.id, raw(dp.clone().neg()));
+        }
+        if let Some(p) = pp {
+            grads.register::<B>(p.id, raw(dp));
+        }
+    }
+}
+
+/// The reconstruction losses' reduction under autodiff through canc's kernels
+/// ([`super::cube::patch_error`]): the mean over the selected rows of each row's mean squared
+/// (or, with `l1`, absolute) error, `[1]`, with a one-launch backward step. `None` where the
+/// kernels do not run or `select` is tracked (it is a 0/1 mask; the kernels give it no
+/// gradient).
+pub fn patch_error<B: Backend>(
+    pred: &Tensor<Autodiff<B>, 2>,
+    target: &Tensor<Autodiff<B>, 2>,
+    select: Option<&Tensor<Autodiff<B>, 1>>,
+    l1: bool,
+) -> Option<Tensor<Autodiff<B>, 1>> {
+    let pp: Prim<B> = pred.clone().into_primitive().tensor();
+    let tp: Prim<B> = target.clone().into_primitive().tensor();
+    let sp: Option<Prim<B>> = select.map(|s| s.clone().into_primitive().tensor());
+    if sp.as_ref().is_some_and(|s| !s.node.requirement.is_none()) {
+        return None;
+    }
+    let (pi, ti): (Tensor<B, 2>, Tensor<B, 2>) =
+        (inner(pp.primitive.clone()), inner(tp.primitive.clone()));
+    let si: Option<Tensor<B, 1>> = sp.map(|s| inner(s.primitive));
+    let (loss, den) = super::cube::patch_error(&pi, &ti, si.as_ref(), l1)?;
+    let state = || PatchErrorState {
+        pred: raw(pi),
+        target: raw(ti),
+        select: si.map(raw),
+        den: raw(den),
+        l1,
+    };
+    let y = finish(PatchError, [&pp, &tp], state, raw(loss));
+    Some(Tensor::from_primitive(TensorPrimitive::Float(y)))
+}
