@@ -305,7 +305,7 @@ fn cube_kernels_match_burns_ops_on_the_cpu() {
     );
     assert_close("layer_norm x̂", &values(xhat.clone()), &values(xhat_c), 1e-5);
     let grads = (yc * on_cpu(&dy, [rows, d])).sum().backward();
-    let (dx, dy_xhat) = cube::layer_norm_dx(&on_gpu(&dy, [rows, d]), &xhat, &rstd, &on_gpu1(&g))
+    let (dx, sums) = cube::layer_norm_dx(&on_gpu(&dy, [rows, d]), &xhat, &rstd, &on_gpu1(&g))
         .expect("the kernels run on wgpu");
     assert_close(
         "layer_norm dx",
@@ -313,11 +313,17 @@ fn cube_kernels_match_burns_ops_on_the_cpu() {
         &values(xc.grad(&grads).expect("dx")),
         1e-4,
     );
-    let dgamma = dy_xhat.sum_dim(0).reshape([d]);
+    let both = sums.sum_dim(0).reshape([2 * d]);
     assert_close(
         "layer_norm dγ",
-        &values(dgamma),
+        &values(both.clone().narrow(0, 0, d)),
         &values(gc.grad(&grads).expect("dγ")),
+        1e-4,
+    );
+    assert_close(
+        "layer_norm dβ",
+        &values(both.narrow(0, d, d)),
+        &values(bc.grad(&grads).expect("dβ")),
         1e-4,
     );
 
@@ -626,4 +632,85 @@ fn patch_losses_match_burns_ops_on_the_cpu() {
     assert!(ran.is_some(), "canc's patch-error kernels run on wgpu");
     let ran = canc_runtime::ops::patch_norm(&x, 1e-6);
     assert!(ran.is_some(), "canc's patch-norm kernel runs on wgpu");
+}
+
+/// A Linear's bias added in the op after it (`ops::bias_gelu`, `ops::bias_residual`): on wgpu
+/// through canc's kernels, under autodiff and without, against `gelu(h + b)` and `r + (h + b)`
+/// in Burn's ops on the CPU, values and the gradients of `r`, `h` and `b`.
+#[test]
+fn bias_kernels_match_burns_ops_on_the_cpu() {
+    use burn::tensor::TensorData;
+    use canc_runtime::backend::Wgpu;
+    use canc_runtime::ops::{self, reference};
+    let Some(gpu) = device() else { return };
+    ops::set_fused(Some(true));
+    let cpu = Default::default();
+    let (rows, width) = (23, 17);
+    let (r, h, b, dy) = (
+        fill(rows * width, 70, 2.0),
+        fill(rows * width, 71, 2.0),
+        fill(width, 72, 2.0),
+        fill(rows * width, 73, 2.0),
+    );
+    let c2 = |v: &[f32]| {
+        Tensor::<CpuTrain, 2>::from_data(TensorData::new(v.to_vec(), [rows, width]), &cpu)
+            .require_grad()
+    };
+    let g2 = |v: &[f32]| {
+        Tensor::<WgpuTrain, 2>::from_data(TensorData::new(v.to_vec(), [rows, width]), &gpu)
+            .require_grad()
+    };
+    let bc = Tensor::<CpuTrain, 1>::from_data(TensorData::new(b.clone(), [width]), &cpu);
+    let bg = Tensor::<WgpuTrain, 1>::from_data(TensorData::new(b.clone(), [width]), &gpu);
+    let (bc, bg) = (bc.require_grad(), bg.require_grad());
+    for residual in [false, true] {
+        let case = if residual {
+            "bias_residual"
+        } else {
+            "bias_gelu"
+        };
+        let (rc, hc, rg, hg) = (c2(&r), c2(&h), g2(&r), g2(&h));
+        let (yc, yg) = if residual {
+            (
+                rc.clone() + (hc.clone() + bc.clone().unsqueeze::<2>()),
+                ops::bias_residual(rg.clone(), hg.clone(), bg.clone()),
+            )
+        } else {
+            (
+                reference::gelu(hc.clone() + bc.clone().unsqueeze::<2>()),
+                ops::bias_gelu(hg.clone(), bg.clone()),
+            )
+        };
+        let want = values(yc.clone());
+        assert_close(case, &values(yg.clone()), &want, 1e-5);
+        let (hi, bi) = (hg.clone().inner(), bg.clone().inner());
+        let plain: Tensor<Wgpu, 2> = if residual {
+            ops::bias_residual(rg.clone().inner(), hi, bi)
+        } else {
+            ops::bias_gelu(hi, bi)
+        };
+        assert_close(
+            &format!("{case} without autodiff"),
+            &values(plain),
+            &want,
+            1e-5,
+        );
+        let up = |t: Tensor<CpuTrain, 2>| t * c2(&dy).detach();
+        let gc = up(yc).sum().backward();
+        let gg = (yg * g2(&dy).detach()).sum().backward();
+        let grad = |t: &Tensor<WgpuTrain, 2>| values(t.grad(&gg).expect("on wgpu"));
+        let want = |t: &Tensor<CpuTrain, 2>| values(t.grad(&gc).expect("on the cpu"));
+        assert_close(&format!("{case} dh"), &grad(&hg), &want(&hc), 1e-5);
+        if residual {
+            assert_close(&format!("{case} dr"), &grad(&rg), &want(&rc), 1e-5);
+        }
+        assert_close(
+            &format!("{case} db"),
+            &values(bg.grad(&gg).expect("on wgpu")),
+            &values(bc.grad(&gc).expect("on the cpu")),
+            1e-4,
+        );
+    }
+    let ran = canc_runtime::ops::gpu_kernels::<WgpuTrain>();
+    assert!(ran, "canc's kernels run on wgpu");
 }

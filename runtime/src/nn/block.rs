@@ -1,6 +1,6 @@
 //! The pre-norm transformer block of ViT and the MAE decoder.
 
-use super::{linear_as, linear3_as, xavier_linear};
+use super::{linear_as, linear3_as, product_as, xavier_linear};
 use crate::ops;
 use burn::module::Module;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
@@ -68,6 +68,22 @@ impl<B: Backend> Block<B> {
 
     /// `[B, T, d]` → `[B, T, d]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        if let (true, Some(pb), Some(b1), Some(b2)) = (
+            self.bias_in_next_op(&x),
+            &self.proj.bias,
+            &self.fc1.bias,
+            &self.fc2.bias,
+        ) {
+            // The same block, each Linear's bias added by the op after it.
+            let [b, t, d] = x.dims();
+            let a = self.heads_out(ops::layer_norm(&self.norm1, self.eps, x.clone()));
+            let a = product_as(&self.proj, a.reshape([b * t, d]), self.matmul);
+            let x = ops::bias_residual(x.reshape([b * t, d]), a, pb.val());
+            let h = ops::layer_norm(&self.norm2, self.eps, x.clone());
+            let h = ops::bias_gelu(product_as(&self.fc1, h, self.matmul), b1.val());
+            let h = product_as(&self.fc2, h, self.matmul);
+            return ops::bias_residual(x, h, b2.val()).reshape([b, t, d]);
+        }
         let a = self.attention(ops::layer_norm(&self.norm1, self.eps, x.clone()));
         let x = x + self.drop(a);
         let [b, t, d] = x.dims();
@@ -77,17 +93,30 @@ impl<B: Backend> Block<B> {
         x + self.drop(h.reshape([b, t, d]))
     }
 
+    /// Whether [`Block::forward`] adds the biases of `proj`, `fc1` and `fc2` in the op after
+    /// each (the residual add, GELU, the residual add): where canc's GPU kernels run
+    /// ([`ops::gpu_kernels`]), which do each pair in one launch, and no stochastic depth stands
+    /// between the Linear and the residual add.
+    fn bias_in_next_op(&self, x: &Tensor<B, 3>) -> bool {
+        let dropping = self.drop_path > 0.0 && B::ad_enabled(&x.device());
+        !dropping && ops::gpu_kernels::<B>()
+    }
+
     /// Multi-head self-attention of `[B, T, d]` tokens: the packed `d → 3d` projection, the
     /// fused attention over it, the output projection.
     fn attention(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        linear3_as(&self.proj, self.heads_out(x), self.matmul)
+    }
+
+    /// The attention before its output projection: the heads' outputs, concatenated.
+    fn heads_out(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let qkv = linear3_as(&self.qkv, x, self.matmul);
-        let a = match self.matmul {
+        match self.matmul {
             Some(dt) if !ops::fused_attention::<B>() => {
                 ops::attention(qkv.cast(dt), self.heads).cast(FloatDType::F32)
             }
             _ => ops::attention(qkv, self.heads),
-        };
-        linear3_as(&self.proj, a, self.matmul)
+        }
     }
 
     /// Stochastic depth on a residual branch `[B, T, d]`: while training (an autodiff

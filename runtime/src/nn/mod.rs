@@ -319,17 +319,30 @@ pub(crate) fn linear_as<B: Backend>(
     x: Tensor<B, 2>,
     dtype: Option<FloatDType>,
 ) -> Tensor<B, 2> {
-    let Some(dt) = dtype else {
+    if dtype.is_none() {
         let bias = linear.bias.as_ref().map(|b| b.val());
         return crate::ops::linear(x, linear.weight.val(), bias);
-    };
-    let y = x
-        .cast(dt)
-        .matmul(linear.weight.val().cast(dt))
-        .cast(FloatDType::F32);
+    }
+    let y = product_as(linear, x, dtype);
     match &linear.bias {
         Some(bias) => y + bias.val().unsqueeze_dim(0),
         None => y,
+    }
+}
+
+/// The matrix product of `linear` on `[N, D]` rows without its bias, in `dtype` as
+/// [`linear_as`] (the caller adds the bias, e.g. in the op after it).
+pub(crate) fn product_as<B: Backend>(
+    linear: &Linear<B>,
+    x: Tensor<B, 2>,
+    dtype: Option<FloatDType>,
+) -> Tensor<B, 2> {
+    match dtype {
+        None => x.matmul(linear.weight.val()),
+        Some(dt) => x
+            .cast(dt)
+            .matmul(linear.weight.val().cast(dt))
+            .cast(FloatDType::F32),
     }
 }
 

@@ -77,8 +77,9 @@ pub fn layer_norm<B: Backend>(
     on_runtime!(B, R => Some(k::layer_norm_on::<B, R>(x, gamma, beta, eps)))
 }
 
-/// LayerNorm's input gradient `dx = r·(g − mean(g) − x̂·mean(g·x̂))`, `g = dy·γ`, and `dy·x̂`
-/// (whose column sums are `dγ`), in one launch.
+/// LayerNorm's input gradient `dx = r·(g − mean(g) − x̂·mean(g·x̂))`, `g = dy·γ`, and each
+/// row's `dy·x̂` and `dy` side by side (`[rows, 2d]`, whose column sums are `dγ` then `dβ`: one
+/// reduction for both), in one launch.
 #[cfg_attr(not(any(feature = "cuda", feature = "wgpu")), allow(unused_variables))]
 pub fn layer_norm_dx<B: Backend>(
     dy: &Tensor<B, 2>,
@@ -219,6 +220,32 @@ pub fn gelu<B: Backend>(x: &Tensor<B, 1>) -> Option<(Tensor<B, 1>, Tensor<B, 1>)
         return None;
     }
     on_runtime!(B, R => Some(k::gelu_on::<B, R>(x)))
+}
+
+/// Exact GELU of `h + b` (`h` `[rows, width]`, `b` `[width]` broadcast over the rows: a
+/// Linear's bias added in the activation's launch): `[y, x, Φ(x)]` with `x = h + b`,
+/// `y = x·Φ(x)`, in one launch instead of two.
+#[cfg_attr(not(any(feature = "cuda", feature = "wgpu")), allow(unused_variables))]
+pub fn bias_gelu<B: Backend>(h: &Tensor<B, 2>, b: &Tensor<B, 1>) -> Option<[Tensor<B, 2>; 3]> {
+    if b.dims()[0] != h.dims()[1] || !all_f32(&[h.dtype(), b.dtype()]) {
+        return None;
+    }
+    on_runtime!(B, R => Some(k::bias_gelu_on::<B, R>(h, b)))
+}
+
+/// The residual add `r + (h + b)` (`r`, `h` `[rows, width]`, `b` `[width]` broadcast over the
+/// rows: a Linear's bias added in the residual's launch), in one launch instead of two.
+#[cfg_attr(not(any(feature = "cuda", feature = "wgpu")), allow(unused_variables))]
+pub fn bias_residual<B: Backend>(
+    r: &Tensor<B, 2>,
+    h: &Tensor<B, 2>,
+    b: &Tensor<B, 1>,
+) -> Option<Tensor<B, 2>> {
+    let fits = r.dims() == h.dims() && b.dims()[0] == h.dims()[1];
+    if !fits || !all_f32(&[r.dtype(), h.dtype(), b.dtype()]) {
+        return None;
+    }
+    on_runtime!(B, R => Some(k::bias_residual_on::<B, R>(r, h, b)))
 }
 
 /// GELU's input gradient `dy·(Φ(x) + x·φ(x))`, `φ(x) = e^{−x²/2}/√(2π)`, in one launch.

@@ -99,7 +99,8 @@ fn layer_norm_kernel<E: Float>(
     }
 }
 
-/// One cube of `w` units per row, as [`layer_norm_kernel`].
+/// One cube of `w` units per row, as [`layer_norm_kernel`]. Besides `dx`, writes each row's
+/// `dy·x̂` and `dy` side by side into `sums` (`[rows, 2d]`), whose column sums are `(dγ, dβ)`.
 #[cube(launch)]
 fn layer_norm_dx_kernel<E: Float>(
     dy: &Array<E>,
@@ -107,7 +108,7 @@ fn layer_norm_dx_kernel<E: Float>(
     rstd: &Array<E>,
     gamma: &Array<E>,
     dx: &mut Array<E>,
-    dy_xhat: &mut Array<E>,
+    sums: &mut Array<E>,
     rows: usize,
     d: usize,
     #[comptime] w: usize,
@@ -139,7 +140,8 @@ fn layer_norm_dx_kernel<E: Float>(
             let g = f32::cast_from(dy[base + i]);
             let h = f32::cast_from(xhat[base + i]);
             dx[base + i] = E::cast_from(r * (g * f32::cast_from(gamma[i]) - m1 - h * m2));
-            dy_xhat[base + i] = E::cast_from(g * h);
+            sums[2 * base + i] = E::cast_from(g * h);
+            sums[2 * base + d + i] = dy[base + i];
         }
     }
 }
@@ -507,6 +509,52 @@ fn gelu_kernel<E: Float>(
         f32::new(0.5) * (f32::new(1.0) + Erf::erf(v * f32::new(core::f32::consts::FRAC_1_SQRT_2)));
     phi[i] = E::cast_from(p);
     y[i] = E::cast_from(v * p);
+}
+
+/// GELU of `h + b` (`b` broadcast over the rows of `width`), also keeping the sum `x` and
+/// `Φ(x)` for the backward step. One unit per element.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn bias_gelu_kernel<E: Float>(
+    h: &Array<E>,
+    b: &Array<E>,
+    y: &mut Array<E>,
+    x: &mut Array<E>,
+    phi: &mut Array<E>,
+    n: usize,
+    width: usize,
+    #[define(E)] _dtype: StorageType,
+) {
+    let i = ABSOLUTE_POS;
+    if i >= n {
+        terminate!();
+    }
+    let v = f32::cast_from(h[i]) + f32::cast_from(b[i % width]);
+    let p =
+        f32::new(0.5) * (f32::new(1.0) + Erf::erf(v * f32::new(core::f32::consts::FRAC_1_SQRT_2)));
+    x[i] = E::cast_from(v);
+    phi[i] = E::cast_from(p);
+    y[i] = E::cast_from(v * p);
+}
+
+/// The residual add `r + (h + b)` (`b` broadcast over the rows of `width`). One unit per
+/// element.
+#[cube(launch)]
+fn bias_residual_kernel<E: Float>(
+    r: &Array<E>,
+    h: &Array<E>,
+    b: &Array<E>,
+    y: &mut Array<E>,
+    n: usize,
+    width: usize,
+    #[define(E)] _dtype: StorageType,
+) {
+    let i = ABSOLUTE_POS;
+    if i >= n {
+        terminate!();
+    }
+    let v = f32::cast_from(h[i]) + f32::cast_from(b[i % width]);
+    y[i] = E::cast_from(f32::cast_from(r[i]) + v);
 }
 
 #[cube(launch)]
@@ -888,7 +936,7 @@ pub(super) fn layer_norm_dx_on<B: Backend, R: CubeRuntime>(
     let (rstd, g) = (cube::<B, R, 2>(rstd), cube::<B, R, 1>(gamma));
     let dtype = dy.dtype;
     let dx = empty(&dy, Shape::new([rows, d]));
-    let dy_xhat = empty(&dy, Shape::new([rows, d]));
+    let sums = empty(&dy, Shape::new([rows, 2 * d]));
     let w = row_width(d);
     let (count, dim) = row_grid(&dy, rows, w);
     layer_norm_dx_kernel::launch(
@@ -900,13 +948,13 @@ pub(super) fn layer_norm_dx_on<B: Backend, R: CubeRuntime>(
         rstd.into_array_arg(),
         g.into_array_arg(),
         dx.clone().into_array_arg(),
-        dy_xhat.clone().into_array_arg(),
+        sums.clone().into_array_arg(),
         rows,
         d,
         w,
         dtype.into(),
     );
-    (tensor(dx), tensor(dy_xhat))
+    (tensor(dx), tensor(sums))
 }
 
 /// [`super::cube::gelu`] on runtime `R` (the caller checked that `B` is its backend).
@@ -1155,6 +1203,59 @@ pub(super) fn gelu_on<B: Backend, R: CubeRuntime>(
 }
 
 /// [`super::cube::gelu_dx`] on runtime `R` (the caller checked that `B` is its backend).
+/// [`super::cube::bias_gelu`] on runtime `R` (the caller checked that `B` is its backend).
+pub(super) fn bias_gelu_on<B: Backend, R: CubeRuntime>(
+    h: &Tensor<B, 2>,
+    b: &Tensor<B, 1>,
+) -> [Tensor<B, 2>; 3] {
+    let [rows, width] = h.dims();
+    let (h, b) = (cube::<B, R, 2>(h), cube::<B, R, 1>(b));
+    let dtype = h.dtype;
+    let out = || empty(&h, Shape::new([rows, width]));
+    let (y, x, phi) = (out(), out(), out());
+    let (count, dim) = grid(&h, rows * width);
+    bias_gelu_kernel::launch(
+        &h.client,
+        count,
+        dim,
+        h.clone().into_array_arg(),
+        b.into_array_arg(),
+        y.clone().into_array_arg(),
+        x.clone().into_array_arg(),
+        phi.clone().into_array_arg(),
+        rows * width,
+        width,
+        dtype.into(),
+    );
+    [tensor(y), tensor(x), tensor(phi)]
+}
+
+/// [`super::cube::bias_residual`] on runtime `R` (the caller checked that `B` is its backend).
+pub(super) fn bias_residual_on<B: Backend, R: CubeRuntime>(
+    r: &Tensor<B, 2>,
+    h: &Tensor<B, 2>,
+    b: &Tensor<B, 1>,
+) -> Tensor<B, 2> {
+    let [rows, width] = h.dims();
+    let (r, h, b) = (cube::<B, R, 2>(r), cube::<B, R, 2>(h), cube::<B, R, 1>(b));
+    let dtype = h.dtype;
+    let y = empty(&h, Shape::new([rows, width]));
+    let (count, dim) = grid(&h, rows * width);
+    bias_residual_kernel::launch(
+        &h.client,
+        count,
+        dim,
+        r.into_array_arg(),
+        h.clone().into_array_arg(),
+        b.into_array_arg(),
+        y.clone().into_array_arg(),
+        rows * width,
+        width,
+        dtype.into(),
+    );
+    tensor(y)
+}
+
 pub(super) fn gelu_dx_on<B: Backend, R: CubeRuntime>(
     dy: &Tensor<B, 1>,
     x: &Tensor<B, 1>,

@@ -179,6 +179,35 @@ pub fn layer_norm_with<B: Backend, const D: usize>(
     reference::layer_norm(x, gamma, beta, eps)
 }
 
+/// Exact GELU of `h + b` (`h` `[rows, width]`, `b` `[width]` broadcast over the rows: a
+/// Linear's bias), as `gelu(h + b)`; on CUDA and wgpu the add and the activation are one launch
+/// ([`cube::bias_gelu`]).
+pub fn bias_gelu<B: Backend>(h: Tensor<B, 2>, b: Tensor<B, 1>) -> Tensor<B, 2> {
+    on_cube_train!(B, G => back(tensor_ad::bias_gelu::<G>(back(h), back(b))));
+    if on_cube_inner::<B>()
+        && let Some([y, _, _]) = cube::bias_gelu(&h, &b)
+    {
+        return y;
+    }
+    gelu(h + b.unsqueeze::<2>())
+}
+
+/// The residual add `r + (h + b)` (`r`, `h` `[rows, width]`, `b` `[width]` broadcast over the
+/// rows: a Linear's bias); on CUDA and wgpu one launch ([`cube::bias_residual`]).
+pub fn bias_residual<B: Backend>(
+    r: Tensor<B, 2>,
+    h: Tensor<B, 2>,
+    b: Tensor<B, 1>,
+) -> Tensor<B, 2> {
+    on_cube_train!(B, G => back(tensor_ad::bias_residual::<G>(back(r), back(h), back(b))));
+    if on_cube_inner::<B>()
+        && let Some(y) = cube::bias_residual(&r, &h, &b)
+    {
+        return y;
+    }
+    r + (h + b.unsqueeze::<2>())
+}
+
 /// BatchNorm's training forward over the batch of `x` (`[n, c]`): the batch's statistics,
 /// the affine `(γ, β)` if given, then ReLU if `relu`, and the `running` (mean, variance) moved
 /// by `momentum` towards the batch's mean and unbiased variance. Where canc's GPU kernels run

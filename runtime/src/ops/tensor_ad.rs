@@ -23,8 +23,8 @@
 //!
 //! On CUDA and wgpu, canc's own kernels ([`super::cube`]) compute the LayerNorm forward and
 //! `dx`, the attention's scaled softmax and its backward step, the split of `qkv` into heads and
-//! the packing of `dqkv`, and GELU both ways, in one launch each (LayerNorm's `dγ` and `dβ` stay
-//! two column sums); the tensor-op forms above are what other backends, other
+//! the packing of `dqkv`, and GELU both ways, in one launch each (LayerNorm's `dγ` and `dβ` are
+//! one column sum of `[dy·x̂ | dy]`); the tensor-op forms above are what other backends, other
 //! dtypes and `CANC_CUBE_KERNELS=0` run.
 
 use burn::backend::Autodiff;
@@ -69,14 +69,18 @@ impl<B: Backend> Backward<B, 3> for Ln {
         let gamma: Tensor<B, 1> = inner(s.gamma);
         let rstd: Tensor<B, 2> = inner(s.rstd);
         if let Some(p) = &px
-            && let Some((dx, dy_xhat)) = super::cube::layer_norm_dx(&dy, &xhat, &rstd, &gamma)
+            && let Some((dx, sums)) = super::cube::layer_norm_dx(&dy, &xhat, &rstd, &gamma)
         {
             grads.register::<B>(p.id, raw(dx));
-            if let Some(p) = pg {
-                grads.register::<B>(p.id, raw(dy_xhat.sum_dim(0).reshape([d])));
-            }
-            if let Some(p) = pb {
-                grads.register::<B>(p.id, raw(dy.sum_dim(0).reshape([d])));
+            if pg.is_some() || pb.is_some() {
+                // One reduction for both: the columns of `[dy·x̂ | dy]`.
+                let both = sums.sum_dim(0).reshape([2 * d]);
+                if let Some(p) = pg {
+                    grads.register::<B>(p.id, raw(both.clone().narrow(0, 0, d)));
+                }
+                if let Some(p) = pb {
+                    grads.register::<B>(p.id, raw(both.narrow(0, d, d)));
+                }
             }
             return;
         }
@@ -502,4 +506,108 @@ pub fn patch_error<B: Backend>(
     };
     let y = finish(PatchError, [&pp, &tp], state, raw(loss));
     Some(Tensor::from_primitive(TensorPrimitive::Float(y)))
+}
+
+/// `GELU(h + b)`'s backward step: parents `[h, b]`; keeps `x = h + b` and `Φ(x)`.
+#[derive(Debug)]
+struct BiasGelu;
+
+impl<B: Backend> Backward<B, 2> for BiasGelu {
+    type State = GeluState<B>;
+
+    fn backward(self, ops: Ops<GeluState<B>, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [ph, pb] = ops.parents;
+        let dy: Tensor<B, 2> = inner(grads.consume::<B>(&ops.node));
+        let [rows, width] = dy.dims();
+        let n = rows * width;
+        let (x, phi): (Tensor<B, 2>, Tensor<B, 2>) = (inner(ops.state.x), inner(ops.state.phi));
+        let (dy, x, phi) = (dy.reshape([n]), x.reshape([n]), phi.reshape([n]));
+        let dx = super::cube::gelu_dx(&dy, &x, &phi).unwrap_or_else(|| {
+            let inv_sqrt_2pi =
+                0.5 * core::f64::consts::FRAC_2_SQRT_PI * core::f64::consts::FRAC_1_SQRT_2;
+            let pdf = x
+                .clone()
+                .square()
+                .mul_scalar(-0.5)
+                .exp()
+                .mul_scalar(inv_sqrt_2pi);
+            dy * (x * pdf + phi)
+        });
+        let dx = dx.reshape([rows, width]);
+        if let Some(p) = pb {
+            grads.register::<B>(p.id, raw(dx.clone().sum_dim(0).reshape([width])));
+        }
+        if let Some(p) = ph {
+            grads.register::<B>(p.id, raw(dx));
+        }
+    }
+}
+
+/// Exact GELU of `h + b` (`b` broadcast over the rows of `h`: a Linear's bias) under autodiff,
+/// the add and the activation in one launch where canc's kernels run
+/// ([`super::cube::bias_gelu`]); backward as [`gelu`]'s, and `db` the column sums of `dx`.
+pub fn bias_gelu<B: Backend>(
+    h: Tensor<Autodiff<B>, 2>,
+    b: Tensor<Autodiff<B>, 1>,
+) -> Tensor<Autodiff<B>, 2> {
+    let (hp, bp): (Prim<B>, Prim<B>) = (h.into_primitive().tensor(), b.into_primitive().tensor());
+    let (hi, bi): (Tensor<B, 2>, Tensor<B, 1>) =
+        (inner(hp.primitive.clone()), inner(bp.primitive.clone()));
+    let [y, x, phi] = super::cube::bias_gelu(&hi, &bi).unwrap_or_else(|| {
+        let x = hi + bi.unsqueeze::<2>();
+        let phi = super::reference::normal_cdf(x.clone());
+        [x.clone() * phi.clone(), x, phi]
+    });
+    let state = || GeluState {
+        x: raw(x),
+        phi: raw(phi),
+    };
+    let y = finish(BiasGelu, [&hp, &bp], state, raw(y));
+    Tensor::from_primitive(TensorPrimitive::Float(y))
+}
+
+/// The residual add `r + (h + b)`'s backward step: parents `[r, h, b]`.
+#[derive(Debug)]
+struct BiasResidual;
+
+impl<B: Backend> Backward<B, 3> for BiasResidual {
+    type State = ();
+
+    fn backward(self, ops: Ops<(), 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [pr, ph, pb] = ops.parents;
+        let dy: Tensor<B, 2> = inner(grads.consume::<B>(&ops.node));
+        let width = dy.dims()[1];
+        if let Some(p) = pb {
+            grads.register::<B>(p.id, raw(dy.clone().sum_dim(0).reshape([width])));
+        }
+        if let Some(p) = ph {
+            grads.register::<B>(p.id, raw(dy.clone()));
+        }
+        if let Some(p) = pr {
+            grads.register::<B>(p.id, raw(dy));
+        }
+    }
+}
+
+/// The residual add `r + (h + b)` (`b` broadcast over the rows: a Linear's bias) under
+/// autodiff, in one launch where canc's kernels run ([`super::cube::bias_residual`]).
+pub fn bias_residual<B: Backend>(
+    r: Tensor<Autodiff<B>, 2>,
+    h: Tensor<Autodiff<B>, 2>,
+    b: Tensor<Autodiff<B>, 1>,
+) -> Tensor<Autodiff<B>, 2> {
+    let (rp, hp, bp): (Prim<B>, Prim<B>, Prim<B>) = (
+        r.into_primitive().tensor(),
+        h.into_primitive().tensor(),
+        b.into_primitive().tensor(),
+    );
+    let (ri, hi, bi): (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 1>) = (
+        inner(rp.primitive.clone()),
+        inner(hp.primitive.clone()),
+        inner(bp.primitive.clone()),
+    );
+    let y = super::cube::bias_residual(&ri, &hi, &bi)
+        .unwrap_or_else(|| ri + (hi + bi.unsqueeze::<2>()));
+    let y = finish(BiasResidual, [&rp, &hp, &bp], || (), raw(y));
+    Tensor::from_primitive(TensorPrimitive::Float(y))
 }
