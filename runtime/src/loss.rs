@@ -7,6 +7,7 @@
 //!
 //! Shapes are the caller's contract (the plan fixes them); a mismatch panics inside Burn.
 
+use crate::ops::cube::Ce;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor};
@@ -30,6 +31,14 @@ fn diagonal<B: Backend>(n: usize, device: &B::Device) -> Tensor<B, 2, Bool> {
 /// The norm is clamped as `sqrt(max(Σx², eps²))`, which equals torch's `max(‖x‖, eps)` and keeps
 /// the gradient finite at a zero vector.
 pub fn l2norm<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    if crate::ops::gpu_kernels::<B>() {
+        let dims = x.dims();
+        let d = dims[D - 1];
+        let rows = dims.iter().product::<usize>() / d.max(1);
+        if let Some(y) = crate::ops::l2norm(&x.clone().reshape([rows, d]), NORM_EPS) {
+            return y.reshape(dims);
+        }
+    }
     let norm = x
         .clone()
         .square()
@@ -62,6 +71,18 @@ pub fn infonce<B: Backend>(
 ) -> Tensor<B, 1> {
     let [n, _] = a.dims();
     let device = a.device();
+    if crate::ops::gpu_kernels::<B>() {
+        let z = l2norm(Tensor::cat(vec![a.clone(), b.clone()], 0));
+        let ce = Ce {
+            shift: n,
+            temperature,
+            self_mask: true,
+            scale: if sum_views { 2.0 } else { 1.0 },
+        };
+        if let Some(loss) = crate::ops::contrastive_ce(&z.clone().matmul(z.transpose()), ce) {
+            return loss;
+        }
+    }
     let log_prob = log_softmax(
         self_masked_logits(Tensor::cat(vec![a, b], 0), temperature),
         1,
@@ -96,9 +117,19 @@ pub fn infonce_qk<B: Backend>(
 ) -> Tensor<B, 1> {
     let [n, _] = q.dims();
     let device = q.device();
-    let logits = l2norm(q)
-        .matmul(l2norm(k).transpose())
-        .div_scalar(temperature);
+    let cosines = l2norm(q).matmul(l2norm(k).transpose());
+    if crate::ops::gpu_kernels::<B>() {
+        let ce = Ce {
+            shift: 0,
+            temperature,
+            self_mask: false,
+            scale: if scale_2tau { 2.0 * temperature } else { 1.0 },
+        };
+        if let Some(loss) = crate::ops::contrastive_ce(&cosines, ce) {
+            return loss;
+        }
+    }
+    let logits = cosines.div_scalar(temperature);
     let target = Tensor::<B, 1, Int>::arange(0..n as i64, &device).unsqueeze_dim::<2>(1);
     let loss = log_softmax(logits, 1).gather(1, target).mean().neg();
     if scale_2tau {

@@ -714,3 +714,76 @@ fn bias_kernels_match_burns_ops_on_the_cpu() {
     let ran = canc_runtime::ops::gpu_kernels::<WgpuTrain>();
     assert!(ran, "canc's kernels run on wgpu");
 }
+
+/// The contrastive losses on wgpu through canc's kernels (L2 normalisation, and the
+/// cross-entropy over cosine logits with its positives and masked diagonal), against Burn's
+/// composed ops on the CPU: NT-Xent (mean and SimCLR's sum over views) and MoCo v3's
+/// query-key form (plain and times 2τ), the loss and the gradients of both inputs; and the L2
+/// normalisation of a zero row (its norm clamped).
+#[test]
+fn contrastive_kernels_match_burns_ops_on_the_cpu() {
+    use burn::tensor::TensorData;
+    use canc_runtime::loss;
+    let Some(gpu) = device() else { return };
+    canc_runtime::ops::set_fused(Some(true));
+    let cpu = Default::default();
+    let (n, d) = (9, 21);
+    let (a, b) = (fill(n * d, 80, 2.0), fill(n * d, 81, 2.0));
+    let c = |v: &[f32]| {
+        Tensor::<CpuTrain, 2>::from_data(TensorData::new(v.to_vec(), [n, d]), &cpu).require_grad()
+    };
+    let g = |v: &[f32]| {
+        Tensor::<WgpuTrain, 2>::from_data(TensorData::new(v.to_vec(), [n, d]), &gpu).require_grad()
+    };
+    for (case, t, flag) in [
+        ("infonce", 0.2, false),
+        ("infonce summed over views", 0.5, true),
+        ("infonce_qk", 0.2, false),
+        ("infonce_qk × 2τ", 1.0, true),
+    ] {
+        let qk = case.starts_with("infonce_qk");
+        let (ac, bc, ag, bg) = (c(&a), c(&b), g(&a), g(&b));
+        let (lc, lg) = if qk {
+            (
+                loss::infonce_qk(ac.clone(), bc.clone(), t, flag),
+                loss::infonce_qk(ag.clone(), bg.clone(), t, flag),
+            )
+        } else {
+            (
+                loss::infonce(ac.clone(), bc.clone(), t, flag),
+                loss::infonce(ag.clone(), bg.clone(), t, flag),
+            )
+        };
+        assert_close(case, &values(lg.clone()), &values(lc.clone()), 1e-5);
+        let (gc, gg) = (lc.mul_scalar(1.5).backward(), lg.mul_scalar(1.5).backward());
+        for (what, x, y) in [("da", &ag, &ac), ("db", &bg, &bc)] {
+            assert_close(
+                &format!("{case} {what}"),
+                &values(x.grad(&gg).expect("on wgpu")),
+                &values(y.grad(&gc).expect("on the cpu")),
+                1e-5,
+            );
+        }
+    }
+    // A zero row: its norm is clamped to 1e-12, and its gradient is dy/1e-12 (torch's).
+    let mut z = a.clone();
+    z[d..2 * d].fill(0.0);
+    let dy = fill(n * d, 82, 1e-12);
+    let (zc, zg) = (c(&z), g(&z));
+    let (yc, yg) = (loss::l2norm(zc.clone()), loss::l2norm(zg.clone()));
+    assert_close("l2norm", &values(yg.clone()), &values(yc.clone()), 1e-5);
+    let up_c = Tensor::<CpuTrain, 2>::from_data(TensorData::new(dy.clone(), [n, d]), &cpu);
+    let up_g = Tensor::<WgpuTrain, 2>::from_data(TensorData::new(dy, [n, d]), &gpu);
+    let (gc, gg) = ((yc * up_c).sum().backward(), (yg * up_g).sum().backward());
+    assert_close(
+        "l2norm dx",
+        &values(zg.grad(&gg).expect("on wgpu")),
+        &values(zc.grad(&gc).expect("on the cpu")),
+        1e-5,
+    );
+    let x = Tensor::<WgpuTrain, 2>::from_data(TensorData::new(a.clone(), [n, d]), &gpu);
+    assert!(
+        canc_runtime::ops::l2norm(&x, 1e-12).is_some(),
+        "canc's l2norm kernel runs"
+    );
+}

@@ -378,6 +378,196 @@ fn patch_norm_kernel<E: Float>(
     }
 }
 
+/// Each row of `x` (`[rows, d]`) over its L2 norm clamped below by `eps` (torch's
+/// `F.normalize`): `y = x·r`, `r = 1/√max(Σx², eps²)`, keeping `info = [r, clamped]` per row
+/// for the backward step. One cube of `w` units per row, as [`layer_norm_kernel`].
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn l2norm_kernel<E: Float>(
+    x: &Array<E>,
+    y: &mut Array<E>,
+    info: &mut Array<E>,
+    rows: usize,
+    d: usize,
+    eps: f32,
+    #[comptime] w: usize,
+    #[define(E)] _dtype: StorageType,
+) {
+    let row = CUBE_POS;
+    if row >= rows {
+        terminate!();
+    }
+    let mut shared = SharedMemory::<f32>::new(w);
+    let (u, base, steps) = (UNIT_POS as usize, row * d, d.div_ceil(w));
+    let mut part = f32::new(0.0);
+    for k in 0..steps {
+        let i = k * w + u;
+        if i < d {
+            let v = f32::cast_from(x[base + i]);
+            part += v * v;
+        }
+    }
+    let ss = cube_sum(part, &mut shared, w);
+    let floor = eps * eps;
+    let r = f32::new(1.0) / f32::sqrt(f32::max(ss, floor));
+    for k in 0..steps {
+        let i = k * w + u;
+        if i < d {
+            y[base + i] = E::cast_from(f32::cast_from(x[base + i]) * r);
+        }
+    }
+    if u == 0 {
+        info[2 * row] = E::cast_from(r);
+        let mut clamped = f32::new(0.0);
+        if ss < floor {
+            clamped = f32::new(1.0);
+        }
+        info[2 * row + 1] = E::cast_from(clamped);
+    }
+}
+
+/// The L2 normalisation's backward step, as [`l2norm_kernel`]: `dx = r·(dy − y·Σ(dy·y))`, or
+/// `r·dy` where the norm was clamped (a constant there).
+#[cube(launch)]
+fn l2norm_dx_kernel<E: Float>(
+    dy: &Array<E>,
+    y: &Array<E>,
+    info: &Array<E>,
+    dx: &mut Array<E>,
+    rows: usize,
+    d: usize,
+    #[comptime] w: usize,
+    #[define(E)] _dtype: StorageType,
+) {
+    let row = CUBE_POS;
+    if row >= rows {
+        terminate!();
+    }
+    let mut shared = SharedMemory::<f32>::new(w);
+    let (u, base, steps) = (UNIT_POS as usize, row * d, d.div_ceil(w));
+    let mut part = f32::new(0.0);
+    for k in 0..steps {
+        let i = k * w + u;
+        if i < d {
+            part += f32::cast_from(dy[base + i]) * f32::cast_from(y[base + i]);
+        }
+    }
+    let mut dot = cube_sum(part, &mut shared, w);
+    let r = f32::cast_from(info[2 * row]);
+    if f32::cast_from(info[2 * row + 1]) > f32::new(0.5) {
+        dot = f32::new(0.0);
+    }
+    for k in 0..steps {
+        let i = k * w + u;
+        if i < d {
+            let g = f32::cast_from(dy[base + i]) - f32::cast_from(y[base + i]) * dot;
+            dx[base + i] = E::cast_from(r * g);
+        }
+    }
+}
+
+/// The contrastive losses' cross-entropy on cosine logits `s` (`[rows, cols]`, before the
+/// temperature): for row `i`, with logits `s·inv_t` over the columns `j ≠ i` (all columns
+/// without `self_mask`), `ℓ_i = logsumexp_j − s_{i,p}·inv_t` for the positive column
+/// `p = (i + shift) mod cols`; also keeps each row's `logsumexp`. One cube of `w` units per
+/// row, as [`layer_norm_kernel`].
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn contrastive_ce_kernel<E: Float>(
+    s: &Array<E>,
+    loss: &mut Array<E>,
+    lse: &mut Array<E>,
+    rows: usize,
+    cols: usize,
+    shift: usize,
+    inv_t: f32,
+    #[comptime] w: usize,
+    #[comptime] self_mask: bool,
+    #[define(E)] _dtype: StorageType,
+) {
+    let row = CUBE_POS;
+    if row >= rows {
+        terminate!();
+    }
+    let mut shared = SharedMemory::<f32>::new(w);
+    let (u, base, steps) = (UNIT_POS as usize, row * cols, cols.div_ceil(w));
+    // A finite floor: WGSL has no infinite literals.
+    let mut part = f32::new(-3.0e38);
+    for k in 0..steps {
+        let j = k * w + u;
+        let mut live = j < cols;
+        if self_mask {
+            live = live && j != row;
+        }
+        if live {
+            part = f32::max(part, f32::cast_from(s[base + j]) * inv_t);
+        }
+    }
+    let max = cube_max(part, &mut shared, w);
+    let mut part = f32::new(0.0);
+    for k in 0..steps {
+        let j = k * w + u;
+        let mut live = j < cols;
+        if self_mask {
+            live = live && j != row;
+        }
+        if live {
+            part += f32::exp(f32::cast_from(s[base + j]) * inv_t - max);
+        }
+    }
+    let l = max + f32::ln(cube_sum(part, &mut shared, w));
+    if u == 0 {
+        let pos = (row + shift) % cols;
+        lse[row] = E::cast_from(l);
+        loss[row] = E::cast_from(l - f32::cast_from(s[base + pos]) * inv_t);
+    }
+}
+
+/// The gradient of `scale·mean_i ℓ_i` ([`contrastive_ce_kernel`]) in the logits `s`:
+/// `dl·scale/rows · (softmax_ij − [j = p_i])·inv_t`, zero on a masked diagonal; `dl` one
+/// element. One cube of `w` units per row. (The masked diagonal's gradient would not reach the
+/// embeddings anyway: the L2 normalisation's backward step projects it out.)
+#[cube(launch)]
+// The comptime flag stays in its own `if`: CubeCL resolves it at expansion.
+#[allow(clippy::too_many_arguments, clippy::collapsible_if)]
+fn contrastive_ce_dx_kernel<E: Float>(
+    s: &Array<E>,
+    lse: &Array<E>,
+    dl: &Array<E>,
+    ds: &mut Array<E>,
+    rows: usize,
+    cols: usize,
+    shift: usize,
+    inv_t: f32,
+    scale: f32,
+    #[comptime] w: usize,
+    #[comptime] self_mask: bool,
+    #[define(E)] _dtype: StorageType,
+) {
+    let row = CUBE_POS;
+    if row >= rows {
+        terminate!();
+    }
+    let (u, base, steps) = (UNIT_POS as usize, row * cols, cols.div_ceil(w));
+    let g = f32::cast_from(dl[0]) * scale / f32::cast_from(rows) * inv_t;
+    let (l, pos) = (f32::cast_from(lse[row]), (row + shift) % cols);
+    for k in 0..steps {
+        let j = k * w + u;
+        if j < cols {
+            let mut p = f32::exp(f32::cast_from(s[base + j]) * inv_t - l);
+            if self_mask {
+                if j == row {
+                    p = f32::new(0.0);
+                }
+            }
+            if j == pos {
+                p -= f32::new(1.0);
+            }
+            ds[base + j] = E::cast_from(g * p);
+        }
+    }
+}
+
 /// Each row's error against the target, `mean_j (p − t)²` (or `|p − t|` with `l1`), one cube
 /// of `w` units per row of `d`, as [`layer_norm_kernel`].
 #[cube(launch)]
@@ -416,7 +606,7 @@ fn row_error_kernel<E: Float>(
     }
 }
 
-/// One cube of `w` units: `loss = Σ err·sel / den`, `den = max(Σ sel, f32::MIN_POSITIVE)`
+/// One cube of `w` units: `loss = scale·Σ err·sel / den`, `den = max(Σ sel, f32::MIN_POSITIVE)`
 /// (`sel = 1` for every row without `select`), into `loss` and `den` (one element each).
 #[cube(launch)]
 fn selected_mean_kernel<E: Float>(
@@ -425,6 +615,7 @@ fn selected_mean_kernel<E: Float>(
     loss: &mut Array<E>,
     den_out: &mut Array<E>,
     rows: usize,
+    scale: f32,
     #[comptime] w: usize,
     #[comptime] selected: bool,
     #[define(E)] _dtype: StorageType,
@@ -447,7 +638,7 @@ fn selected_mean_kernel<E: Float>(
     let num = cube_sum(num, &mut shared, w);
     let den = f32::max(cube_sum(den, &mut shared, w), f32::new(f32::MIN_POSITIVE));
     if u == 0 {
-        loss[0] = E::cast_from(num / den);
+        loss[0] = E::cast_from(num / den * scale);
         den_out[0] = E::cast_from(den);
     }
 }
@@ -1127,24 +1318,167 @@ pub(super) fn patch_error_on<B: Backend, R: CubeRuntime>(
         l1,
         dtype.into(),
     );
+    let (loss, den) = selected_mean(err, select.map(cube::<B, R, 1>), 1.0);
+    (tensor(loss), tensor(den))
+}
+
+/// `scale·Σ err·sel / max(Σ sel, f32::MIN_POSITIVE)` over a flat `err` (`sel = 1` without
+/// `select`) and the denominator, `[1]` each: one launch of a single cube.
+fn selected_mean<R: CubeRuntime>(
+    err: CubeTensor<R>,
+    select: Option<CubeTensor<R>>,
+    scale: f64,
+) -> (CubeTensor<R>, CubeTensor<R>) {
+    let rows = err.meta.num_elements();
+    let dtype = err.dtype;
+    let (loss, den) = (empty(&err, Shape::new([1])), empty(&err, Shape::new([1])));
+    let selected = select.is_some();
     // Without a selection the kernel reads none: any array stands in.
-    let sel = select.map_or_else(|| err.clone(), cube::<B, R, 1>);
-    let (loss, den) = (empty(&p, Shape::new([1])), empty(&p, Shape::new([1])));
+    let sel = select.unwrap_or_else(|| err.clone());
     let w = 256;
     selected_mean_kernel::launch(
-        &p.client,
+        &err.client,
         CubeCount::Static(1, 1, 1),
         CubeDim::new_1d(w as u32),
-        err.into_array_arg(),
+        err.clone().into_array_arg(),
         sel.into_array_arg(),
         loss.clone().into_array_arg(),
         den.clone().into_array_arg(),
         rows,
+        scale as f32,
         w,
-        select.is_some(),
+        selected,
         dtype.into(),
     );
-    (tensor(loss), tensor(den))
+    (loss, den)
+}
+
+/// [`super::cube::l2norm`] on runtime `R` (the caller checked that `B` is its backend).
+pub(super) fn l2norm_on<B: Backend, R: CubeRuntime>(
+    x: &Tensor<B, 2>,
+    eps: f64,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let [rows, d] = x.dims();
+    let x = cube::<B, R, 2>(x);
+    let dtype = x.dtype;
+    let y = empty(&x, Shape::new([rows, d]));
+    let info = empty(&x, Shape::new([rows, 2]));
+    let w = row_width(d);
+    let (count, dim) = row_grid(&x, rows, w);
+    l2norm_kernel::launch(
+        &x.client,
+        count,
+        dim,
+        x.clone().into_array_arg(),
+        y.clone().into_array_arg(),
+        info.clone().into_array_arg(),
+        rows,
+        d,
+        eps as f32,
+        w,
+        dtype.into(),
+    );
+    (tensor(y), tensor(info))
+}
+
+/// [`super::cube::l2norm_dx`] on runtime `R` (the caller checked that `B` is its backend).
+pub(super) fn l2norm_dx_on<B: Backend, R: CubeRuntime>(
+    dy: &Tensor<B, 2>,
+    y: &Tensor<B, 2>,
+    info: &Tensor<B, 2>,
+) -> Tensor<B, 2> {
+    let [rows, d] = dy.dims();
+    let (dy, y, info) = (
+        cube::<B, R, 2>(dy),
+        cube::<B, R, 2>(y),
+        cube::<B, R, 2>(info),
+    );
+    let dtype = dy.dtype;
+    let dx = empty(&dy, Shape::new([rows, d]));
+    let w = row_width(d);
+    let (count, dim) = row_grid(&dy, rows, w);
+    l2norm_dx_kernel::launch(
+        &dy.client,
+        count,
+        dim,
+        dy.clone().into_array_arg(),
+        y.into_array_arg(),
+        info.into_array_arg(),
+        dx.clone().into_array_arg(),
+        rows,
+        d,
+        w,
+        dtype.into(),
+    );
+    tensor(dx)
+}
+
+/// [`super::cube::contrastive_ce`] on runtime `R` (the caller checked that `B` is its backend).
+pub(super) fn contrastive_ce_on<B: Backend, R: CubeRuntime>(
+    s: &Tensor<B, 2>,
+    ce: super::cube::Ce,
+) -> (Tensor<B, 1>, Tensor<B, 1>) {
+    let [rows, cols] = s.dims();
+    let s = cube::<B, R, 2>(s);
+    let dtype = s.dtype;
+    let (loss, lse) = (empty(&s, Shape::new([rows])), empty(&s, Shape::new([rows])));
+    let w = row_width(cols);
+    let (count, dim) = row_grid(&s, rows, w);
+    contrastive_ce_kernel::launch(
+        &s.client,
+        count,
+        dim,
+        s.clone().into_array_arg(),
+        loss.clone().into_array_arg(),
+        lse.clone().into_array_arg(),
+        rows,
+        cols,
+        ce.shift,
+        (1.0 / ce.temperature) as f32,
+        w,
+        ce.self_mask,
+        dtype.into(),
+    );
+    let (mean, _) = selected_mean(loss, None, ce.scale);
+    (tensor(mean), tensor(lse))
+}
+
+/// [`super::cube::contrastive_ce_dx`] on runtime `R` (the caller checked that `B` is its
+/// backend).
+pub(super) fn contrastive_ce_dx_on<B: Backend, R: CubeRuntime>(
+    s: &Tensor<B, 2>,
+    lse: &Tensor<B, 1>,
+    dl: &Tensor<B, 1>,
+    ce: super::cube::Ce,
+) -> Tensor<B, 2> {
+    let [rows, cols] = s.dims();
+    let (s, lse, dl) = (
+        cube::<B, R, 2>(s),
+        cube::<B, R, 1>(lse),
+        cube::<B, R, 1>(dl),
+    );
+    let dtype = s.dtype;
+    let ds = empty(&s, Shape::new([rows, cols]));
+    let w = row_width(cols);
+    let (count, dim) = row_grid(&s, rows, w);
+    contrastive_ce_dx_kernel::launch(
+        &s.client,
+        count,
+        dim,
+        s.clone().into_array_arg(),
+        lse.into_array_arg(),
+        dl.into_array_arg(),
+        ds.clone().into_array_arg(),
+        rows,
+        cols,
+        ce.shift,
+        (1.0 / ce.temperature) as f32,
+        ce.scale as f32,
+        w,
+        ce.self_mask,
+        dtype.into(),
+    );
+    tensor(ds)
 }
 
 /// [`super::cube::patch_error_dx`] on runtime `R` (the caller checked that `B` is its backend).

@@ -267,6 +267,35 @@ pub fn patch_norm<B: Backend>(x: &Tensor<B, 2>, eps: f64) -> Option<Tensor<B, 2>
     None
 }
 
+/// The L2 normalisation of the rows of `x` (`[rows, d]`, torch's `F.normalize` with `eps`)
+/// with canc's GPU kernels (one launch each way), where they run; `None` elsewhere, and the
+/// caller composes Burn's ops ([`crate::loss::l2norm`]).
+pub fn l2norm<B: Backend>(x: &Tensor<B, 2>, eps: f64) -> Option<Tensor<B, 2>> {
+    on_cube_train!(B, G => {
+        type T<const D: usize> = Tensor<burn::backend::Autodiff<G>, D>;
+        tensor_ad::l2norm::<G>(&back::<_, T<2>>(x.clone()), eps).map(back)
+    });
+    if on_cube_inner::<B>() {
+        return cube::l2norm(x, eps).map(|(y, _)| y);
+    }
+    None
+}
+
+/// A contrastive cross-entropy of cosine logits `s` (`[rows, cols]`, before the temperature;
+/// [`cube::Ce`] says which column is each row's positive) with canc's GPU kernels (two
+/// launches forward, one backward), where they run; `None` elsewhere, and the caller composes
+/// Burn's ops ([`crate::loss::infonce`]).
+pub fn contrastive_ce<B: Backend>(s: &Tensor<B, 2>, ce: cube::Ce) -> Option<Tensor<B, 1>> {
+    on_cube_train!(B, G => {
+        type T<const D: usize> = Tensor<burn::backend::Autodiff<G>, D>;
+        tensor_ad::contrastive_ce::<G>(&back::<_, T<2>>(s.clone()), ce).map(back)
+    });
+    if on_cube_inner::<B>() {
+        return cube::contrastive_ce(s, ce).map(|(loss, _)| loss);
+    }
+    None
+}
+
 /// The reconstruction losses' reduction of `pred` against `target` (`[rows, d]`): each row's
 /// mean squared error (mean absolute with `l1`), then the mean over the rows where `select`
 /// (`[rows]`, 1.0 or 0.0) holds (all rows without it; an empty selection gives 0). `Some` where

@@ -611,3 +611,126 @@ pub fn bias_residual<B: Backend>(
     let y = finish(BiasResidual, [&rp, &hp, &bp], || (), raw(y));
     Tensor::from_primitive(TensorPrimitive::Float(y))
 }
+
+/// What an L2 normalisation's backward step keeps: its output and, per row, `1/‖x‖` and whether
+/// the norm was clamped.
+#[derive(Debug, Clone)]
+pub struct L2State<B: Backend> {
+    y: B::FloatTensorPrimitive,
+    info: B::FloatTensorPrimitive,
+}
+
+#[derive(Debug)]
+struct L2Norm;
+
+impl<B: Backend> Backward<B, 1> for L2Norm {
+    type State = L2State<B>;
+
+    fn backward(self, ops: Ops<L2State<B>, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [parent] = ops.parents;
+        let dy: Tensor<B, 2> = inner(grads.consume::<B>(&ops.node));
+        let Some(parent) = parent else {
+            return;
+        };
+        let (y, info): (Tensor<B, 2>, Tensor<B, 2>) = (inner(ops.state.y), inner(ops.state.info));
+        let dx = super::cube::l2norm_dx(&dy, &y, &info).unwrap_or_else(|| {
+            let [rows, _] = y.dims();
+            let r = info.clone().narrow(1, 0, 1);
+            let kept = info.narrow(1, 1, 1).lower_elem(0.5).float();
+            let dot = (dy.clone() * y.clone()).sum_dim(1) * kept;
+            (dy - y * dot.reshape([rows, 1])) * r
+        });
+        grads.register::<B>(parent.id, raw(dx));
+    }
+}
+
+/// The L2 normalisation of the rows of `x` (`[rows, d]`, torch's `F.normalize` with `eps`)
+/// under autodiff through canc's kernels ([`super::cube::l2norm`]): one launch each way.
+/// `None` where the kernels do not run.
+pub fn l2norm<B: Backend>(x: &Tensor<Autodiff<B>, 2>, eps: f64) -> Option<Tensor<Autodiff<B>, 2>> {
+    let xp: Prim<B> = x.clone().into_primitive().tensor();
+    let (y, info) = super::cube::l2norm(&inner::<B, 2>(xp.primitive.clone()), eps)?;
+    let state = L2State {
+        y: raw(y.clone()),
+        info: raw(info),
+    };
+    let y = finish(L2Norm, [&xp], || state, raw(y));
+    Some(Tensor::from_primitive(TensorPrimitive::Float(y)))
+}
+
+/// What a contrastive cross-entropy's backward step keeps: the logits and each row's
+/// `logsumexp`.
+#[derive(Debug, Clone)]
+pub struct CeState<B: Backend> {
+    s: B::FloatTensorPrimitive,
+    lse: B::FloatTensorPrimitive,
+    ce: super::cube::Ce,
+}
+
+#[derive(Debug)]
+struct ContrastiveCe;
+
+impl<B: Backend> Backward<B, 1> for ContrastiveCe {
+    type State = CeState<B>;
+
+    fn backward(self, ops: Ops<CeState<B>, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [parent] = ops.parents;
+        let dl: Tensor<B, 1> = inner(grads.consume::<B>(&ops.node));
+        let Some(parent) = parent else {
+            return;
+        };
+        let (s, lse): (Tensor<B, 2>, Tensor<B, 1>) = (inner(ops.state.s), inner(ops.state.lse));
+        let ce = ops.state.ce;
+        let ds = super::cube::contrastive_ce_dx(&s, &lse, &dl, ce)
+            .unwrap_or_else(|| ce_dx(s, lse, dl, ce));
+        grads.register::<B>(parent.id, raw(ds));
+    }
+}
+
+/// [`super::cube::contrastive_ce_dx`] in Burn's tensor ops.
+fn ce_dx<B: Backend>(
+    s: Tensor<B, 2>,
+    lse: Tensor<B, 1>,
+    dl: Tensor<B, 1>,
+    ce: super::cube::Ce,
+) -> Tensor<B, 2> {
+    let [rows, cols] = s.dims();
+    let device = s.device();
+    let inv_t = 1.0 / ce.temperature;
+    let mut p = (s.mul_scalar(inv_t) - lse.reshape([rows, 1])).exp();
+    if ce.self_mask {
+        let diag = Tensor::<B, 2, burn::tensor::Bool>::diag_mask([rows, cols], 0, &device);
+        p = p.mask_fill(diag.bool_not(), 0.0);
+    }
+    let pos: Vec<i64> = (0..rows).map(|i| ((i + ce.shift) % cols) as i64).collect();
+    let pos = Tensor::<B, 1, burn::tensor::Int>::from_ints(pos.as_slice(), &device);
+    let onehot = burn::tensor::Tensor::<B, 2>::zeros([rows, cols], &device).scatter(
+        1,
+        pos.reshape([rows, 1]),
+        Tensor::ones([rows, 1], &device),
+        burn::tensor::IndexingUpdateOp::Add,
+    );
+    let g = dl
+        .reshape([1, 1])
+        .mul_scalar(ce.scale * inv_t / rows as f64);
+    (p - onehot) * g
+}
+
+/// [`super::cube::Ce`]'s contrastive cross-entropy of the logits `s` (`[rows, cols]`, before the
+/// temperature) under autodiff through canc's kernels ([`super::cube::contrastive_ce`]): two
+/// launches forward, one backward. `None` where the kernels do not run.
+pub fn contrastive_ce<B: Backend>(
+    s: &Tensor<Autodiff<B>, 2>,
+    ce: super::cube::Ce,
+) -> Option<Tensor<Autodiff<B>, 1>> {
+    let sp: Prim<B> = s.clone().into_primitive().tensor();
+    let si: Tensor<B, 2> = inner(sp.primitive.clone());
+    let (loss, lse) = super::cube::contrastive_ce(&si, ce)?;
+    let state = || CeState {
+        s: raw(si),
+        lse: raw(lse),
+        ce,
+    };
+    let y = finish(ContrastiveCe, [&sp], state, raw(loss));
+    Some(Tensor::from_primitive(TensorPrimitive::Float(y)))
+}
