@@ -169,6 +169,48 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> FlatAdamW<M, B> {
 }
 
 impl<M: AutodiffModule<B>, B: AutodiffBackend> FlatAdamW<M, B> {
+    /// Burn's AdamW (`burn_optim::AdamW::step`), op for op, on the whole group (`f`'s segments,
+    /// their times already advanced; its moments passed in): the weights and both moments after
+    /// the step.
+    fn composed(
+        &self,
+        f: &Flat<B::InnerBackend>,
+        [p, g]: [Tensor<B::InnerBackend, 1>; 2],
+        [m1, m2]: [Tensor<B::InnerBackend, 1>; 2],
+        lr: LearningRate,
+        same_time: bool,
+        device: &B::Device,
+    ) -> [Tensor<B::InnerBackend, 1>; 3] {
+        let (b1, b2) = (self.beta_1, self.beta_2);
+        let m = m1.mul_scalar(b1).add(g.clone().mul_scalar(1.0 - b1));
+        let v = m2.mul_scalar(b2).add(g.square().mul_scalar(1.0 - b2));
+        let (m_hat, v_hat) = if same_time {
+            let t = f.segs[0].time as i32;
+            (
+                m.clone().div_scalar(1f32 - b1.powi(t)),
+                v.clone().div_scalar(1f32 - b2.powi(t)),
+            )
+        } else {
+            // Parameters that missed steps have their own bias corrections.
+            let per = |beta: f32| {
+                let mut c = vec![1f32; f.total];
+                for s in &f.segs {
+                    c[s.offset..s.offset + s.len()].fill(1f32 - beta.powi(s.time as i32));
+                }
+                Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(c, [f.total]), device)
+            };
+            (m.clone().div(per(b1)), v.clone().div(per(b2)))
+        };
+        let delta = m_hat.div(v_hat.sqrt().add_scalar(self.epsilon));
+        let decay = lr * f64::from(self.weight_decay);
+        let p = if decay == 0.0 {
+            p
+        } else {
+            p.mul_scalar(1.0 - decay)
+        };
+        [p - delta.mul_scalar(lr), m, v]
+    }
+
     fn step_common(&mut self, lr: LearningRate, module: M, mut grads: GradAdaptor) -> M {
         let mut c = Collect::<B> {
             grads: &mut grads,
@@ -205,42 +247,24 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> FlatAdamW<M, B> {
         };
         f.segs.iter_mut().for_each(|s| s.time += 1);
 
-        // Burn's AdamW (`burn_optim::AdamW::step`), op for op, on the whole group.
-        let (b1, b2) = (self.beta_1, self.beta_2);
-        let m = f
-            .moment_1
-            .mul_scalar(b1)
-            .add(g.clone().mul_scalar(1.0 - b1));
-        let v = f
-            .moment_2
-            .mul_scalar(b2)
-            .add(g.square().mul_scalar(1.0 - b2));
         let t0 = f.segs[0].time;
-        let (m_hat, v_hat) = if f.segs.iter().all(|s| s.time == t0) {
-            let t = t0 as i32;
-            (
-                m.clone().div_scalar(1f32 - b1.powi(t)),
-                v.clone().div_scalar(1f32 - b2.powi(t)),
-            )
-        } else {
-            // Parameters that missed steps have their own bias corrections.
-            let per = |beta: f32| {
-                let mut c = vec![1f32; f.total];
-                for s in &f.segs {
-                    c[s.offset..s.offset + s.len()].fill(1f32 - beta.powi(s.time as i32));
-                }
-                Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(c, [f.total]), &device)
-            };
-            (m.clone().div(per(b1)), v.clone().div(per(b2)))
+        let same_time = f.segs.iter().all(|s| s.time == t0);
+        let hyper = (self.beta_1, self.beta_2, self.epsilon, self.weight_decay);
+        // On a GPU, canc's kernel: the whole step in one launch.
+        let fused = same_time
+            .then(|| crate::ops::inplace::AdamWStep::new(hyper, lr, t0))
+            .and_then(|s| crate::ops::cube::adamw([&p, &g, &f.moment_1, &f.moment_2], &s));
+        let [p, m, v] = match fused {
+            Some(out) => out,
+            None => {
+                // Moved out, so that Burn's ops may reuse their buffers.
+                let moments = [
+                    std::mem::replace(&mut f.moment_1, Tensor::empty([0], &device)),
+                    std::mem::replace(&mut f.moment_2, Tensor::empty([0], &device)),
+                ];
+                self.composed(&f, [p, g], moments, lr, same_time, &device)
+            }
         };
-        let delta = m_hat.div(v_hat.sqrt().add_scalar(self.epsilon));
-        let decay = lr * f64::from(self.weight_decay);
-        let p = if decay == 0.0 {
-            p
-        } else {
-            p.mul_scalar(1.0 - decay)
-        };
-        let p = p - delta.mul_scalar(lr);
         f.moment_1 = m;
         f.moment_2 = v;
         self.flat = Some(f);

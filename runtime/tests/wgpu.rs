@@ -425,6 +425,35 @@ fn cube_kernels_match_burns_ops_on_the_cpu() {
     for (i, (g, w)) in got.into_iter().zip(&want).enumerate() {
         assert_close(&format!("ema tensor {i}"), &values(g), w, 1e-6);
     }
+
+    // One AdamW step of a flat group, with and without weight decay, against Burn's ops.
+    use canc_runtime::ops::inplace::AdamWStep;
+    let n = 301;
+    let (p, g) = (fill(n, 90, 2.0), fill(n, 91, 2.0));
+    let (m1, m2): (Vec<f32>, Vec<f32>) = (
+        fill(n, 92, 0.5),
+        fill(n, 93, 0.5).iter().map(|v| v * v).collect(),
+    );
+    for wd in [0.0, 0.05] {
+        let s = AdamWStep::new((0.9, 0.95, 1e-8, wd), 1e-3, 7);
+        let on_cpu =
+            |v: &[f32]| Tensor::<Cpu, 1>::from_data(TensorData::new(v.to_vec(), [n]), &cpu);
+        let (pw, m1w, m2w) =
+            reference::adamw(on_cpu(&p), on_cpu(&g), Some((on_cpu(&m1), on_cpu(&m2))), &s);
+        let [pg, m1g, m2g] = cube::adamw(
+            [&on_gpu1(&p), &on_gpu1(&g), &on_gpu1(&m1), &on_gpu1(&m2)],
+            &s,
+        )
+        .expect("the kernels run on wgpu");
+        assert_close(
+            &format!("adamw weights (decay {wd})"),
+            &values(pg),
+            &values(pw),
+            1e-6,
+        );
+        assert_close("adamw first moment", &values(m1g), &values(m1w), 1e-6);
+        assert_close("adamw second moment", &values(m2g), &values(m2w), 1e-6);
+    }
 }
 
 /// BatchNorm in training (batch statistics, running ones moved), with and without its affine

@@ -908,6 +908,45 @@ fn softmax_dx_kernel<E: Float>(
     }
 }
 
+/// One AdamW step (Burn's `AdamW` arithmetic, in f32) of flat weights `p` with gradient `g` and
+/// moments `m1`, `m2`: `m1' = β₁m1 + (1 − β₁)g`, `m2' = β₂m2 + (1 − β₂)g²`,
+/// `p' = p·k − lr·(m1'/c₁)/(√(m2'/c₂) + ε)` (`k = 1 − lr·λ`, 1 without decay). One unit per
+/// element.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn adamw_kernel<E: Float>(
+    p: &Array<E>,
+    g: &Array<E>,
+    m1: &Array<E>,
+    m2: &Array<E>,
+    p_out: &mut Array<E>,
+    m1_out: &mut Array<E>,
+    m2_out: &mut Array<E>,
+    n: usize,
+    beta_1: f32,
+    factor_1: f32,
+    beta_2: f32,
+    factor_2: f32,
+    correction_1: f32,
+    correction_2: f32,
+    epsilon: f32,
+    lr: f32,
+    keep: f32,
+    #[define(E)] _dtype: StorageType,
+) {
+    let i = ABSOLUTE_POS;
+    if i >= n {
+        terminate!();
+    }
+    let gi = f32::cast_from(g[i]);
+    let a = f32::cast_from(m1[i]) * beta_1 + gi * factor_1;
+    let b = f32::cast_from(m2[i]) * beta_2 + gi * gi * factor_2;
+    let delta = (a / correction_1) / (f32::sqrt(b / correction_2) + epsilon);
+    m1_out[i] = E::cast_from(a);
+    m2_out[i] = E::cast_from(b);
+    p_out[i] = E::cast_from(f32::cast_from(p[i]) * keep - delta * lr);
+}
+
 /// Up to eight 1-D tensors laid end to end into `out[base..]`, each followed by zeros up to
 /// its padded length: piece `j` (`l_j` values) fills `[s_j, s_{j+1})` of the launch's range
 /// (`s_0 = 0`). One unit per element written.
@@ -1734,6 +1773,48 @@ pub(super) fn softmax_dx_on<B: Backend, R: CubeRuntime, const D: usize>(
         dtype.into(),
     );
     tensor(ds)
+}
+
+/// [`super::cube::adamw`] on runtime `R` (the caller checked that `B` is its backend).
+pub(super) fn adamw_on<B: Backend, R: CubeRuntime>(
+    [p, g, m1, m2]: [&Tensor<B, 1>; 4],
+    s: &super::inplace::AdamWStep,
+) -> [Tensor<B, 1>; 3] {
+    let [n] = p.dims();
+    let (p, g, m1, m2) = (
+        cube::<B, R, 1>(p),
+        cube::<B, R, 1>(g),
+        cube::<B, R, 1>(m1),
+        cube::<B, R, 1>(m2),
+    );
+    let dtype = p.dtype;
+    let out = || empty(&p, Shape::new([n]));
+    let (po, m1o, m2o) = (out(), out(), out());
+    let (count, dim) = grid(&p, n);
+    adamw_kernel::launch(
+        &p.client,
+        count,
+        dim,
+        p.clone().into_array_arg(),
+        g.into_array_arg(),
+        m1.into_array_arg(),
+        m2.into_array_arg(),
+        po.clone().into_array_arg(),
+        m1o.clone().into_array_arg(),
+        m2o.clone().into_array_arg(),
+        n,
+        s.beta_1,
+        s.factor_1,
+        s.beta_2,
+        s.factor_2,
+        s.correction_1,
+        s.correction_2,
+        s.epsilon,
+        s.lr,
+        s.decay.unwrap_or(1.0),
+        dtype.into(),
+    );
+    [tensor(po), tensor(m1o), tensor(m2o)]
 }
 
 /// [`super::cube::lay_end_to_end`] on runtime `R` (the caller checked that `B` is its backend).
