@@ -5,7 +5,7 @@
 #   1. `canc bench` of specs/can.canspec in f32 and bf16 and the PyTorch reference of the same
 #      model (eager f32, eager bf16 autocast); the f32 bench again with a warm kernel cache, then
 #      warm with Burn's per-tensor AdamW (CANC_FLAT_ADAMW=0), with Burn's ops in place of canc's
-#      CubeCL kernels (CANC_CUBE_KERNELS=0), and with LayerNorm's, attention's
+#      CubeCL kernels (CANC_CUBE_KERNELS=0; MoCo v3 too, both ways), and with LayerNorm's, attention's
 #      and GELU's gradients from Burn's autodiff (CANC_FUSED_OPS=0), with each view's network
 #      calls run one by one (CANC_BATCH_CALLS=0), and once more under CubeCL's
 #      per-kernel profile (kernel launches and device time per step);
@@ -91,12 +91,15 @@ torch torch_can_eager_bf16 45 can "$B_CAN" eager bf16
 torch torch_can_eager_f32_batched 45 can "$B_CAN" eager f32 --batch-views
 canc canc_can_f32_warm 120 specs/can.canspec "$B_CAN" "${SET[@]}"
 # The same warm run with Burn's AdamW a parameter tensor at a time instead of canc's flat AdamW
-# (116 tensors: about 1,660 element-wise kernels per step against 48), for their difference.
+# (116 tensors: about 1,660 element-wise kernels per step against 21), for their difference.
 CANC_FLAT_ADAMW=0 canc canc_can_f32_warm_per_tensor_adamw 120 specs/can.canspec "$B_CAN" "${SET[@]}"
 # And with Burn's tensor ops in place of canc's own CubeCL kernels (LayerNorm, GELU, softmax,
-# heads, flat-buffer layout, EMA: 1,379 launches per CAN step against 744, counted on wgpu),
-# for what the kernels are worth in time.
+# heads, biases, losses, flat-buffer layout, AdamW, EMA: 1,379 launches per CAN step against
+# 524, counted on wgpu), for what the kernels are worth in time; MoCo v3 (BatchNorm, EMA
+# teacher: 2,216 against 537) both ways too.
 CANC_CUBE_KERNELS=0 canc canc_can_f32_warm_burn_ops 120 specs/can.canspec "$B_CAN" "${SET[@]}"
+canc canc_mocov3_f32_warm 120 specs/mocov3.canspec "$B_CAN" "${SET[@]}"
+CANC_CUBE_KERNELS=0 canc canc_mocov3_f32_warm_burn_ops 120 specs/mocov3.canspec "$B_CAN" "${SET[@]}"
 # And with LayerNorm's, attention's and GELU's gradients from Burn's autodiff of their tensor
 # ops (about 37, 44 and 16 ops; 36, 16 and 18 per step) instead of canc's closed-form
 # backward steps (21, 27 and 12).

@@ -1,20 +1,31 @@
-//! canc's own GPU kernels (CUDA and wgpu), each one launch where Burn's tensor ops take
-//! several: LayerNorm forward and its `dx`, GELU forward and backward, the attention's scaled
-//! row softmax and its backward step, the split of a packed `qkv` into heads and the packing of
-//! `dqkv`, laying a parameter group's tensors end to end into a flat buffer (eight per launch),
-//! and the EMA step of a teacher's tensors (four per launch).
+//! canc's own GPU kernels (CUDA and wgpu), each one launch (unless said) where Burn's tensor
+//! ops take several:
+//! - transformer blocks: LayerNorm forward and its `dx` (with `[dy·x̂ | dy]` for one column sum
+//!   giving `dγ`, `dβ`), GELU forward and backward, GELU of `h + b` and the residual add
+//!   `r + (h + b)` (a Linear's bias added in the op after it), the attention's scaled row
+//!   softmax and its backward step, the split of a packed `qkv` into heads and the packing of
+//!   `dqkv`;
+//! - BatchNorm in training (the batch's statistics, the running ones moved, an optional ReLU)
+//!   and its backward step;
+//! - losses: the L2 normalisation both ways, the contrastive cross-entropy over cosine logits
+//!   (two launches forward), the reconstruction losses' row errors and their selected mean
+//!   (two forward), MAE's per-patch target normalisation;
+//! - optimizer: laying a parameter group's tensors end to end into a flat buffer (eight per
+//!   launch), the AdamW step of the flat group, the EMA step of a teacher's tensors (four per
+//!   launch).
 //!
 //! On a GPU a small model's step is bound by kernel launches, not arithmetic (BENCHMARKS.md,
 //! "Kernel launches per training step"). Composed from Burn's ops, LayerNorm is 11 launches
 //! forward and its closed-form `dx` 8, GELU 5 forward and 7 backward, the softmax with its scale
-//! 6, a flat buffer a fill and a copy per tensor, an EMA step 3 per tensor. The kernels
-//! ([`super::cube_kernels`]) compute the same functions in one pass each.
+//! 6, BatchNorm about 20, InfoNCE about 20, AdamW about 15 per group, a flat buffer a fill and a
+//! copy per tensor, an EMA step 3 per tensor. The kernels ([`super::cube_kernels`]) compute the
+//! same functions in one pass each.
 //!
 //! Each function here takes tensors of any backend `B` and returns `None` unless `B` is CUDA's
 //! or wgpu's CubeCL backend without Burn's fusion (whichever features are on), the tensors are
-//! f32 and the kernels are [`enabled`]; the callers ([`super::tensor_ad`], the flat AdamW, the
-//! EMA update) then use Burn's ops as before. Tested against the CPU backend's values in
-//! `runtime/tests/wgpu.rs`.
+//! f32 and the kernels are [`enabled`]; the callers ([`super::tensor_ad`] under autodiff,
+//! [`super`]'s dispatch without it, the flat AdamW, the EMA update) then use Burn's ops as
+//! before. Tested against the CPU backend's values in `runtime/tests/wgpu.rs`.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};

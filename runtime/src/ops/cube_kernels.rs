@@ -1,11 +1,14 @@
 //! The CubeCL kernels behind [`super::cube`] and their launches, for the CUDA and wgpu
 //! backends (compiled with either feature).
 //!
-//! Row-wise kernels (LayerNorm forward and `dx`, the scaled softmax and its backward step) run
-//! one cube of 32–128 units per row: unit `u` takes the row's elements `u, u + w, …`, so a
-//! cube's loads are contiguous, and the row's sums and maxima meet in shared memory. The others
-//! (GELU both ways, heads, flat layout, EMA) run one unit per element written. The row-wise and
-//! GELU kernels compute in f32 whatever the tensors' float type. Launches go through CubeCL's
+//! Row-wise kernels (LayerNorm forward and `dx`, the scaled softmax and its backward step, the
+//! L2 normalisation, the contrastive cross-entropy, the row errors, the target normalisation)
+//! run one cube of 32–128 units per row: unit `u` takes the row's elements `u, u + w, …`, so a
+//! cube's loads are contiguous, and the row's sums and maxima meet in shared memory.
+//! BatchNorm's kernels run one cube per 32 columns and up to 8 groups of rows, meeting in
+//! shared memory likewise. A loss's mean over its rows is one cube. The others (GELU both ways,
+//! the bias adds, heads, flat layout, AdamW, EMA) run one unit per element written. All but the
+//! copies compute in f32 whatever the tensors' float type. Launches go through CubeCL's
 //! checked `launch` (out-of-range reads give zero, writes are dropped), as the crate has no
 //! `unsafe`.
 

@@ -262,21 +262,24 @@ impl<B: Backend> Backward<B, 1> for Gelu {
             return;
         };
         let (x, phi): (Tensor<B, 1>, Tensor<B, 1>) = (inner(ops.state.x), inner(ops.state.phi));
-        if let Some(dx) = super::cube::gelu_dx(&dy, &x, &phi) {
-            grads.register::<B>(parent.id, raw(dx));
-            return;
-        }
-        let inv_sqrt_2pi =
-            0.5 * core::f64::consts::FRAC_2_SQRT_PI * core::f64::consts::FRAC_1_SQRT_2;
-        let pdf = x
-            .clone()
-            .square()
-            .mul_scalar(-0.5)
-            .exp()
-            .mul_scalar(inv_sqrt_2pi);
-        let dx = dy * (x * pdf + phi);
-        grads.register::<B>(parent.id, raw(dx));
+        grads.register::<B>(parent.id, raw(gelu_dx(dy, x, phi)));
     }
+}
+
+/// GELU's input gradient `dy·(Φ(x) + x·φ(x))`, `φ(x) = e^{−x²/2}/√(2π)`: canc's kernel where it
+/// runs, Burn's ops otherwise.
+fn gelu_dx<B: Backend>(dy: Tensor<B, 1>, x: Tensor<B, 1>, phi: Tensor<B, 1>) -> Tensor<B, 1> {
+    if let Some(dx) = super::cube::gelu_dx(&dy, &x, &phi) {
+        return dx;
+    }
+    let inv_sqrt_2pi = 0.5 * core::f64::consts::FRAC_2_SQRT_PI * core::f64::consts::FRAC_1_SQRT_2;
+    let pdf = x
+        .clone()
+        .square()
+        .mul_scalar(-0.5)
+        .exp()
+        .mul_scalar(inv_sqrt_2pi);
+    dy * (x * pdf + phi)
 }
 
 /// Exact GELU `x·Φ(x)`, `Φ(x) = (1 + erf(x/√2))/2`, under autodiff, with the closed-form
@@ -521,19 +524,7 @@ impl<B: Backend> Backward<B, 2> for BiasGelu {
         let [rows, width] = dy.dims();
         let n = rows * width;
         let (x, phi): (Tensor<B, 2>, Tensor<B, 2>) = (inner(ops.state.x), inner(ops.state.phi));
-        let (dy, x, phi) = (dy.reshape([n]), x.reshape([n]), phi.reshape([n]));
-        let dx = super::cube::gelu_dx(&dy, &x, &phi).unwrap_or_else(|| {
-            let inv_sqrt_2pi =
-                0.5 * core::f64::consts::FRAC_2_SQRT_PI * core::f64::consts::FRAC_1_SQRT_2;
-            let pdf = x
-                .clone()
-                .square()
-                .mul_scalar(-0.5)
-                .exp()
-                .mul_scalar(inv_sqrt_2pi);
-            dy * (x * pdf + phi)
-        });
-        let dx = dx.reshape([rows, width]);
+        let dx = gelu_dx(dy.reshape([n]), x.reshape([n]), phi.reshape([n])).reshape([rows, width]);
         if let Some(p) = pb {
             grads.register::<B>(p.id, raw(dx.clone().sum_dim(0).reshape([width])));
         }
