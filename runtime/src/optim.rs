@@ -169,12 +169,12 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> FlatAdamW<M, B> {
 }
 
 impl<M: AutodiffModule<B>, B: AutodiffBackend> FlatAdamW<M, B> {
-    /// Burn's AdamW (`burn_optim::AdamW::step`), op for op, on the whole group (`f`'s segments,
-    /// their times already advanced; its moments passed in): the weights and both moments after
-    /// the step.
+    /// Burn's AdamW (`burn_optim::AdamW::step`), op for op, on the whole group (its segments
+    /// `segs`, their times already advanced, `total` elements): the weights and both moments
+    /// after the step.
     fn composed(
         &self,
-        f: &Flat<B::InnerBackend>,
+        (segs, total): (&[Seg], usize),
         [p, g]: [Tensor<B::InnerBackend, 1>; 2],
         [m1, m2]: [Tensor<B::InnerBackend, 1>; 2],
         lr: LearningRate,
@@ -185,7 +185,7 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> FlatAdamW<M, B> {
         let m = m1.mul_scalar(b1).add(g.clone().mul_scalar(1.0 - b1));
         let v = m2.mul_scalar(b2).add(g.square().mul_scalar(1.0 - b2));
         let (m_hat, v_hat) = if same_time {
-            let t = f.segs[0].time as i32;
+            let t = segs[0].time as i32;
             (
                 m.clone().div_scalar(1f32 - b1.powi(t)),
                 v.clone().div_scalar(1f32 - b2.powi(t)),
@@ -193,11 +193,11 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> FlatAdamW<M, B> {
         } else {
             // Parameters that missed steps have their own bias corrections.
             let per = |beta: f32| {
-                let mut c = vec![1f32; f.total];
-                for s in &f.segs {
+                let mut c = vec![1f32; total];
+                for s in segs {
                     c[s.offset..s.offset + s.len()].fill(1f32 - beta.powi(s.time as i32));
                 }
-                Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(c, [f.total]), device)
+                Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(c, [total]), device)
             };
             (m.clone().div(per(b1)), v.clone().div(per(b2)))
         };
@@ -256,14 +256,16 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> FlatAdamW<M, B> {
             .and_then(|s| crate::ops::cube::adamw([&p, &g, &f.moment_1, &f.moment_2], &s));
         let [p, m, v] = match fused {
             Some(out) => out,
-            None => {
-                // Moved out, so that Burn's ops may reuse their buffers.
-                let moments = [
-                    std::mem::replace(&mut f.moment_1, Tensor::empty([0], &device)),
-                    std::mem::replace(&mut f.moment_2, Tensor::empty([0], &device)),
-                ];
-                self.composed(&f, [p, g], moments, lr, same_time, &device)
-            }
+            // The moments moved out (and replaced below), so that Burn's ops may reuse their
+            // buffers.
+            None => self.composed(
+                (&f.segs, f.total),
+                [p, g],
+                [f.moment_1, f.moment_2],
+                lr,
+                same_time,
+                &device,
+            ),
         };
         f.moment_1 = m;
         f.moment_2 = v;

@@ -276,7 +276,7 @@ impl<B: Backend> BatchNorm1d<B> {
     /// [`BatchNorm1d::forward_mode`], then ReLU if `relu`. In training on a GPU this is one
     /// kernel forward and one backward ([`crate::ops::batch_norm_train`]).
     pub fn forward_act(&self, x: Tensor<B, 2>, training: bool, relu: bool) -> Tensor<B, 2> {
-        if training {
+        if training && crate::ops::gpu_kernels::<B>() {
             let affine = match (&self.gamma, &self.beta) {
                 (Some(g), Some(b)) => Some(Some((g.val(), b.val()))),
                 (None, None) => Some(None),
