@@ -169,38 +169,29 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> FlatAdamW<M, B> {
 }
 
 impl<M: AutodiffModule<B>, B: AutodiffBackend> FlatAdamW<M, B> {
-    /// Burn's AdamW (`burn_optim::AdamW::step`), op for op, on the whole group (its segments
-    /// `segs`, their times already advanced, `total` elements): the weights and both moments
+    /// Burn's AdamW (`burn_optim::AdamW::step`), op for op, on a whole group whose parameters
+    /// missed different steps (its segments `segs`, their times already advanced, `total`
+    /// elements), each segment with its own bias corrections: the weights and both moments
     /// after the step.
-    fn composed(
+    fn missed_steps(
         &self,
         (segs, total): (&[Seg], usize),
         [p, g]: [Tensor<B::InnerBackend, 1>; 2],
         [m1, m2]: [Tensor<B::InnerBackend, 1>; 2],
         lr: LearningRate,
-        same_time: bool,
         device: &B::Device,
     ) -> [Tensor<B::InnerBackend, 1>; 3] {
         let (b1, b2) = (self.beta_1, self.beta_2);
         let m = m1.mul_scalar(b1).add(g.clone().mul_scalar(1.0 - b1));
         let v = m2.mul_scalar(b2).add(g.square().mul_scalar(1.0 - b2));
-        let (m_hat, v_hat) = if same_time {
-            let t = segs[0].time as i32;
-            (
-                m.clone().div_scalar(1f32 - b1.powi(t)),
-                v.clone().div_scalar(1f32 - b2.powi(t)),
-            )
-        } else {
-            // Parameters that missed steps have their own bias corrections.
-            let per = |beta: f32| {
-                let mut c = vec![1f32; total];
-                for s in segs {
-                    c[s.offset..s.offset + s.len()].fill(1f32 - beta.powi(s.time as i32));
-                }
-                Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(c, [total]), device)
-            };
-            (m.clone().div(per(b1)), v.clone().div(per(b2)))
+        let per = |beta: f32| {
+            let mut c = vec![1f32; total];
+            for s in segs {
+                c[s.offset..s.offset + s.len()].fill(1f32 - beta.powi(s.time as i32));
+            }
+            Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(c, [total]), device)
         };
+        let (m_hat, v_hat) = (m.clone().div(per(b1)), v.clone().div(per(b2)));
         let delta = m_hat.div(v_hat.sqrt().add_scalar(self.epsilon));
         let decay = lr * f64::from(self.weight_decay);
         let p = if decay == 0.0 {
@@ -248,24 +239,22 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> FlatAdamW<M, B> {
         f.segs.iter_mut().for_each(|s| s.time += 1);
 
         let t0 = f.segs[0].time;
-        let same_time = f.segs.iter().all(|s| s.time == t0);
-        let hyper = (self.beta_1, self.beta_2, self.epsilon, self.weight_decay);
-        // On a GPU, canc's kernel: the whole step in one launch.
-        let fused = same_time
-            .then(|| crate::ops::inplace::AdamWStep::new(hyper, lr, t0))
-            .and_then(|s| crate::ops::cube::adamw([&p, &g, &f.moment_1, &f.moment_2], &s));
-        let [p, m, v] = match fused {
-            Some(out) => out,
-            // The moments moved out (and replaced below), so that Burn's ops may reuse their
-            // buffers.
-            None => self.composed(
+        // The moments move out (and are replaced below), so that the step may reuse their
+        // buffers.
+        let [p, m, v] = if f.segs.iter().all(|s| s.time == t0) {
+            // One AdamW step of the whole group: in place on the CPU, one kernel on a GPU.
+            let hyper = (self.beta_1, self.beta_2, self.epsilon, self.weight_decay);
+            let s = crate::ops::inplace::AdamWStep::new(hyper, lr, t0);
+            let (p, m, v) = crate::ops::adamw_update(p, g, Some((f.moment_1, f.moment_2)), &s);
+            [p, m, v]
+        } else {
+            self.missed_steps(
                 (&f.segs, f.total),
                 [p, g],
                 [f.moment_1, f.moment_2],
                 lr,
-                same_time,
                 &device,
-            ),
+            )
         };
         f.moment_1 = m;
         f.moment_2 = v;

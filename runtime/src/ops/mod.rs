@@ -253,13 +253,7 @@ pub fn batch_norm_train<B: Backend>(
 pub fn patch_norm<B: Backend>(x: &Tensor<B, 2>, eps: f64) -> Option<Tensor<B, 2>> {
     on_cube_train!(B, G => {
         type T<const D: usize> = Tensor<burn::backend::Autodiff<G>, D>;
-        let x = back::<_, T<2>>(x.clone());
-        let p: <burn::backend::Autodiff<G> as burn::tensor::backend::BackendTypes>::FloatTensorPrimitive =
-            x.clone().into_primitive().tensor();
-        if !p.node.requirement.is_none() {
-            return None;
-        }
-        cube::patch_norm(&x.inner(), eps).map(|y| back(T::<2>::from_inner(y)))
+        tensor_ad::patch_norm::<G>(&back::<_, T<2>>(x.clone()), eps).map(back)
     });
     if on_cube_inner::<B>() {
         return cube::patch_norm(x, eps);
@@ -377,7 +371,9 @@ pub fn fused_attention<B: Backend>() -> bool {
 /// and the moments before it (`None` on the tensor's first step, for which `s` is
 /// [`inplace::AdamWStep::new`] at time 1).
 /// On the CPU backend with f32 tensors one pass rewrites the weights and moments in place
-/// ([`inplace::adamw`]); elsewhere Burn's ops compute it (bitwise the same values).
+/// ([`inplace::adamw`]); on CUDA and wgpu after the first step canc's kernel does it in one
+/// launch ([`cube::adamw`]); elsewhere Burn's ops compute it (bitwise the same values as the
+/// CPU's).
 pub fn adamw_update<B: Backend, const D: usize>(
     p: Tensor<B, D>,
     g: Tensor<B, D>,
@@ -420,6 +416,14 @@ pub fn adamw_update<B: Backend, const D: usize>(
             return (out(w), out(m1), out(m2));
         }
         return reference::adamw(out(pp), out(gp), mp.map(|(a, b)| (out(a), out(b))), s);
+    }
+    if let Some((m1, m2)) = moments.as_ref().filter(|_| !s.first) {
+        let shape = p.shape();
+        let flat = |t: &Tensor<B, D>| t.clone().reshape([shape.num_elements()]);
+        if let Some([w, a, b]) = cube::adamw([&flat(&p), &flat(&g), &flat(m1), &flat(m2)], s) {
+            let back = |t: Tensor<B, 1>| t.reshape(shape.clone());
+            return (back(w), back(a), back(b));
+        }
     }
     reference::adamw(p, g, moments, s)
 }

@@ -46,6 +46,25 @@ fn raw<B: Backend, const D: usize>(t: Tensor<B, D>) -> B::FloatTensorPrimitive {
     t.into_primitive().tensor()
 }
 
+/// Whether autodiff tracks `p` (a gradient may flow back through it).
+fn tracked<B: Backend>(p: &Prim<B>) -> bool {
+    !p.node.requirement.is_none()
+}
+
+/// MAE's per-patch target normalisation of the rows of `x` through canc's kernel
+/// ([`super::cube::patch_norm`]) when `x` needs no gradient (a target made from the data);
+/// `None` otherwise, or where the kernel does not run.
+pub fn patch_norm<B: Backend>(
+    x: &Tensor<Autodiff<B>, 2>,
+    eps: f64,
+) -> Option<Tensor<Autodiff<B>, 2>> {
+    let xp: Prim<B> = x.clone().into_primitive().tensor();
+    if tracked(&xp) {
+        return None;
+    }
+    super::cube::patch_norm(&inner::<B, 2>(xp.primitive), eps).map(Tensor::from_inner)
+}
+
 /// What a LayerNorm backward step keeps: `x̂` (`[rows, d]`), `r` (`[rows, 1]`) and `γ`.
 #[derive(Debug, Clone)]
 pub struct LnState<B: Backend> {
@@ -493,7 +512,7 @@ pub fn patch_error<B: Backend>(
     let pp: Prim<B> = pred.clone().into_primitive().tensor();
     let tp: Prim<B> = target.clone().into_primitive().tensor();
     let sp: Option<Prim<B>> = select.map(|s| s.clone().into_primitive().tensor());
-    if sp.as_ref().is_some_and(|s| !s.node.requirement.is_none()) {
+    if sp.as_ref().is_some_and(tracked) {
         return None;
     }
     let (pi, ti): (Tensor<B, 2>, Tensor<B, 2>) =
