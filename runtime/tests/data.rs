@@ -19,6 +19,9 @@ use flate2::write::GzEncoder;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
+mod common;
+use common::uniform;
+
 // ---------------------------------------------------------------------------------------------
 // helpers
 
@@ -100,21 +103,6 @@ fn range(a: f64, b: f64) -> RValue {
 
 fn floats(v: &[f64]) -> RValue {
     RValue::List(v.iter().map(|&x| RValue::Float(x)).collect())
-}
-
-/// Deterministic pseudo-random values in [0, 1] (an LCG, independent of the crate's RNG).
-fn noise(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32) / ((1u64 << 24) as f32)
-        })
-        .collect()
 }
 
 /// A `c × size × size` image whose value encodes the position: `(y·size + x) / size²` (+ ch).
@@ -652,7 +640,7 @@ fn reference_resize(
 
 #[test]
 fn resize_matches_the_reference_filter() {
-    let src = noise(2 * 28 * 28, 1);
+    let src = uniform(2 * 28 * 28, 1);
     for out in [10, 14, 28, 40] {
         let v = view("v", vec![("resize", vec![("size", int(out as i64))])]);
         let (got, s) = apply(&v, &src, 2, 28, 0);
@@ -667,7 +655,7 @@ fn resize_matches_the_reference_filter() {
 
 #[test]
 fn random_resized_crop_shape_range_and_fallback() {
-    let src = noise(3 * 28 * 28, 2);
+    let src = uniform(3 * 28 * 28, 2);
     let v = view(
         "v",
         vec![(
@@ -726,7 +714,7 @@ fn random_resized_crop_shape_range_and_fallback() {
 #[test]
 fn flips_crops_and_normalize() {
     let c = 2;
-    let src = noise(c * 9 * 9, 3);
+    let src = uniform(c * 9 * 9, 3);
     let flip = view("f", vec![("hflip", vec![("p", num(1.0))])]);
     let (once, _) = apply(&flip, &src, c, 9, 0);
     for ch in 0..c {
@@ -840,7 +828,7 @@ fn shift_crop_offsets_stay_in_bounds() {
 fn colour_operations() {
     let n = 6 * 6;
     // Brightness only: every unclamped pixel is scaled by the same factor in [0.6, 1.4].
-    let src: Vec<f32> = noise(n, 4).iter().map(|x| 0.1 + 0.6 * x).collect();
+    let src: Vec<f32> = uniform(n, 4).iter().map(|x| 0.1 + 0.6 * x).collect();
     let b = view(
         "b",
         vec![(
@@ -867,7 +855,7 @@ fn colour_operations() {
     assert!(factors.iter().any(|&f| (f - factors[0]).abs() > 1e-3));
 
     // Contrast only on grey: out = f·x + (1 - f)·mean(x), so the mean is kept when unclamped.
-    let src: Vec<f32> = noise(n, 5).iter().map(|x| 0.35 + 0.3 * x).collect();
+    let src: Vec<f32> = uniform(n, 5).iter().map(|x| 0.35 + 0.3 * x).collect();
     let mean = src.iter().map(|&x| f64::from(x)).sum::<f64>() / n as f64;
     let c = view(
         "c",
@@ -889,7 +877,7 @@ fn colour_operations() {
     }
 
     // Saturation only on RGB keeps each pixel's luma (0.2989 R + 0.587 G + 0.114 B).
-    let rgb: Vec<f32> = noise(3 * n, 6).iter().map(|x| 0.4 + 0.2 * x).collect();
+    let rgb: Vec<f32> = uniform(3 * n, 6).iter().map(|x| 0.4 + 0.2 * x).collect();
     let luma = |img: &[f32], p: usize| -> f64 {
         0.2989 * f64::from(img[p])
             + 0.587 * f64::from(img[n + p])
@@ -928,7 +916,7 @@ fn colour_operations() {
             ],
         )],
     );
-    let rgb = noise(3 * n, 7);
+    let rgb = uniform(3 * n, 7);
     let (out, _) = apply(&h, &rgb, 3, 6, 3);
     assert_ne!(out, rgb);
     for p in 0..n {
@@ -972,7 +960,7 @@ fn colour_operations() {
 
     // grayscale keeps 3 channels, each the luma; on 1 channel it is the identity.
     let g = view("g", vec![("grayscale", vec![("p", num(1.0))])]);
-    let rgb = noise(3 * n, 8);
+    let rgb = uniform(3 * n, 8);
     let (out, _) = apply(&g, &rgb, 3, 6, 0);
     assert_eq!(out.len(), 3 * n);
     for p in 0..n {
@@ -981,7 +969,7 @@ fn colour_operations() {
             assert!((f64::from(out[ch * n + p]) - l).abs() < 1e-5);
         }
     }
-    let one = noise(n, 9);
+    let one = uniform(n, 9);
     assert_eq!(apply(&g, &one, 1, 6, 0).0, one);
 
     // solarize: x >= 0.5 becomes 1 - x.
@@ -1030,7 +1018,7 @@ fn reference_blur(src: &[f32], size: usize, sigma: f64) -> Vec<f64> {
 
 #[test]
 fn gaussian_blur_matches_the_reference() {
-    let src = noise(10 * 10, 10);
+    let src = uniform(10 * 10, 10);
     for sigma in [0.5, 0.8, 2.0, 4.0] {
         let v = view(
             "b",
@@ -1073,7 +1061,7 @@ fn gaussian_blur_matches_the_reference() {
 
 #[test]
 fn bad_pipelines_are_errors() {
-    let src = noise(16, 0);
+    let src = uniform(16, 0);
     let unknown = view("weird", vec![("hflip", vec![]), ("sharpen", vec![])]);
     let e = augment_view(&unknown, &src, 1, 4, &mut StdRng::seed_from_u64(0))
         .unwrap_err()
@@ -1091,7 +1079,7 @@ fn bad_pipelines_are_errors() {
     );
     let e = augment_view(
         &wrong_len,
-        &noise(48, 0),
+        &uniform(48, 0),
         3,
         4,
         &mut StdRng::seed_from_u64(0),
@@ -1119,7 +1107,7 @@ fn bad_pipelines_are_errors() {
 // batches
 
 fn small_dataset(n: usize, c: usize, size: usize) -> Dataset {
-    let images: Vec<u8> = noise(n * c * size * size, 42)
+    let images: Vec<u8> = uniform(n * c * size * size, 42)
         .iter()
         .map(|&x| (x * 255.0) as u8)
         .collect();

@@ -10,8 +10,9 @@ pub fn values<const D: usize, Bk: Backend>(t: Tensor<Bk, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
 }
 
-/// Deterministic pseudo-random values in [-scale, scale) (a 64-bit LCG seeded by `seed`).
-pub fn fill(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+/// Deterministic pseudo-random values in [0, 1) (a 64-bit LCG seeded by `seed`, independent of
+/// the crate's RNG).
+pub fn uniform(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed
         .wrapping_mul(6364136223846793005)
         .wrapping_add(1442695040888963407);
@@ -20,8 +21,16 @@ pub fn fill(n: usize, seed: u64, scale: f32) -> Vec<f32> {
             s = s
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
+            (s >> 40) as f32 / (1u64 << 24) as f32
         })
+        .collect()
+}
+
+/// Deterministic pseudo-random values in [-scale, scale) ([`uniform`]'s, spread).
+pub fn fill(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    uniform(n, seed)
+        .into_iter()
+        .map(|u| (u * 2.0 - 1.0) * scale)
         .collect()
 }
 
