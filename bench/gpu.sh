@@ -2,17 +2,18 @@
 # The standing GPU checks, run on a CUDA machine from the repository root with a binary built
 # elsewhere by `cargo build --release --features cuda`. In priority order (a deadline skips
 # whatever is left, so the first items are the ones that always come back):
-#   1. `canc bench` of specs/can.canspec in f32 and bf16 and the PyTorch reference of the same
-#      model (eager f32, eager bf16 autocast); the f32 bench again with a warm kernel cache, then
-#      warm with Burn's per-tensor AdamW (CANC_FLAT_ADAMW=0), with Burn's ops in place of canc's
-#      CubeCL kernels (CANC_CUBE_KERNELS=0; MoCo v3 too, both ways), and with LayerNorm's, attention's
-#      and GELU's gradients from Burn's autodiff (CANC_FUSED_OPS=0), with each view's network
-#      calls run one by one (CANC_BATCH_CALLS=0), and once more under CubeCL's
-#      per-kernel profile (kernel launches and device time per step);
-#   2. the same for a ViT-S/4 at 32 px (bench/specs/vit_s4_32.canspec) and a ViT-B/16 at 224 px
-#      (bench/specs/vit_b16_224.canspec) in bf16, against PyTorch eager and torch.compile bf16;
-#   3. torch.compile bf16 of the CAN spec's model;
-#   4. every method spec in specs/ trains on CUDA (`canc run --smoke --device cuda`).
+#   1. `canc bench` of specs/can.canspec in f32 and the PyTorch reference of the same model
+#      (eager f32, eager bf16 autocast, eager f32 with both views in one call); the f32 bench
+#      again with a warm kernel cache, and warm with Burn's ops in place of canc's CubeCL
+#      kernels (CANC_CUBE_KERNELS=0; MoCo v3 too, both ways); canc in bf16; once more under
+#      CubeCL's per-kernel profile (kernel launches and device time per step);
+#   2. a ViT-S/4 at 32 px (bench/specs/vit_s4_32.canspec) and a ViT-B/16 at 224 px
+#      (bench/specs/vit_b16_224.canspec), canc and PyTorch eager, each in f32 and bf16;
+#   3. every method spec in specs/ trains on CUDA (`canc run --smoke --device cuda`);
+#   4. ablations of the warm CAN run: Burn's per-tensor AdamW (CANC_FLAT_ADAMW=0), Burn's
+#      autodiff for LayerNorm, attention and GELU (CANC_FUSED_OPS=0), each view's network calls
+#      one by one (CANC_BATCH_CALLS=0); the reference's batched-views runs of the two models;
+#   5. torch.compile bf16 of the ViT-S/4, CAN and ViT-B/16 models.
 # Output (few files, as the device tool returns at most 8): $OUT/results.jsonl (one JSON object
 # per run: name, rc, wall ms, the tool's own JSON), $OUT/log.txt, $OUT/machine.txt,
 # $OUT/kernels.txt.gz (the kernel profile's raw tables).
@@ -83,30 +84,20 @@ torch() { # torch NAME LIMIT MODEL BATCH MODE DTYPE [extra args, e.g. --batch-vi
 
 B_CAN=${B_CAN:-256}
 canc canc_can_f32 120 specs/can.canspec "$B_CAN" "${SET[@]}"
-canc canc_can_bf16 120 specs/can.canspec "$B_CAN" --set train.precision=bf16 "${SET[@]}"
 torch torch_can_eager_f32 45 can "$B_CAN" eager f32
 torch torch_can_eager_bf16 45 can "$B_CAN" eager bf16
 # canc runs both views through each network in one call (the plan's batched calls); the
 # reference does the same with --batch-views, so both ways of writing the step are measured.
 torch torch_can_eager_f32_batched 45 can "$B_CAN" eager f32 --batch-views
 canc canc_can_f32_warm 120 specs/can.canspec "$B_CAN" "${SET[@]}"
-# The same warm run with Burn's AdamW a parameter tensor at a time instead of canc's flat AdamW
-# (116 tensors: about 1,660 element-wise kernels per step against 21), for their difference.
-CANC_FLAT_ADAMW=0 canc canc_can_f32_warm_per_tensor_adamw 120 specs/can.canspec "$B_CAN" "${SET[@]}"
-# And with Burn's tensor ops in place of canc's own CubeCL kernels (LayerNorm, GELU, softmax,
+# With Burn's tensor ops in place of canc's own CubeCL kernels (LayerNorm, GELU, softmax,
 # heads, biases, losses, flat-buffer layout, AdamW, EMA: 1,379 launches per CAN step against
 # 524, counted on wgpu), for what the kernels are worth in time; MoCo v3 (BatchNorm, EMA
 # teacher: 2,216 against 537) both ways too.
 CANC_CUBE_KERNELS=0 canc canc_can_f32_warm_burn_ops 120 specs/can.canspec "$B_CAN" "${SET[@]}"
 canc canc_mocov3_f32_warm 120 specs/mocov3.canspec "$B_CAN" "${SET[@]}"
 CANC_CUBE_KERNELS=0 canc canc_mocov3_f32_warm_burn_ops 120 specs/mocov3.canspec "$B_CAN" "${SET[@]}"
-# And with LayerNorm's, attention's and GELU's gradients from Burn's autodiff of their tensor
-# ops (about 37, 44 and 16 ops; 36, 16 and 18 per step) instead of canc's closed-form
-# backward steps (21, 27 and 12).
-CANC_FUSED_OPS=0 canc canc_can_f32_warm_autodiff_ln_attn 120 specs/can.canspec "$B_CAN" "${SET[@]}"
-# And with each view's encoder, decoder and projector called on its own (6 network calls per
-# step instead of 3), for what batching the calls is worth.
-CANC_BATCH_CALLS=0 canc canc_can_f32_warm_unbatched 120 specs/can.canspec "$B_CAN" "${SET[@]}"
+canc canc_can_bf16 120 specs/can.canspec "$B_CAN" --set train.precision=bf16 "${SET[@]}"
 # Kernel launches per step and device time per kernel (CubeCL times each kernel, so this run's
 # step times are not throughput): its JSON's "kernels" field; the raw tables in kernels.txt.gz.
 if [ "$DEVICE" != cpu ]; then
@@ -115,20 +106,19 @@ if [ "$DEVICE" != cpu ]; then
   [ -f /tmp/gpu_sh_kernels.txt ] && gzip -c /tmp/gpu_sh_kernels.txt > "$OUT/kernels.txt.gz"
 fi
 
+# The throughput models: canc's kernels run in f32, so each is measured in f32 and bf16 beside
+# PyTorch eager in the same precision.
 B_S=${B_S:-256}
+canc canc_vit_s4_32_f32 90 bench/specs/vit_s4_32.canspec "$B_S"
+torch torch_vit_s4_32_eager_f32 45 vit_s4_32 "$B_S" eager f32
 canc canc_vit_s4_32_bf16 120 bench/specs/vit_s4_32.canspec "$B_S" --set train.precision=bf16
 torch torch_vit_s4_32_eager_bf16 45 vit_s4_32 "$B_S" eager bf16
-torch torch_vit_s4_32_eager_bf16_batched 45 vit_s4_32 "$B_S" eager bf16 --batch-views
-torch torch_vit_s4_32_compile_bf16 150 vit_s4_32 "$B_S" compile bf16
 
 B_B=${B_B:-128}
 canc canc_vit_b16_224_bf16 150 bench/specs/vit_b16_224.canspec "$B_B" --set train.precision=bf16
 torch torch_vit_b16_224_eager_bf16 50 vit_b16_224 "$B_B" eager bf16
-torch torch_vit_b16_224_eager_bf16_batched 50 vit_b16_224 "$B_B" eager bf16 --batch-views
-torch torch_vit_b16_224_compile_bf16 180 vit_b16_224 "$B_B" compile bf16
-
-torch torch_can_compile_bf16 90 can "$B_CAN" compile bf16
-canc canc_vit_s4_32_f32 60 bench/specs/vit_s4_32.canspec "$B_S"
+canc canc_vit_b16_224_f32 120 bench/specs/vit_b16_224.canspec "$B_B"
+torch torch_vit_b16_224_eager_f32 50 vit_b16_224 "$B_B" eager f32
 
 if [ -z "${SKIP_SMOKE:-}" ]; then
   for spec in specs/*.canspec; do
@@ -144,4 +134,19 @@ if [ -z "${SKIP_SMOKE:-}" ]; then
     [ "$rc" -ne 0 ] && tail -c 1500 /tmp/gpu_sh_smoke >> "$OUT/log.txt"
   done
 fi
+
+# Ablations of canc's step, each the warm CAN run with one thing switched back: Burn's
+# per-tensor AdamW (CANC_FLAT_ADAMW=0; 116 tensors), LayerNorm's, attention's and GELU's
+# gradients from Burn's autodiff (CANC_FUSED_OPS=0), each view's network calls one by one
+# (CANC_BATCH_CALLS=0).
+CANC_FLAT_ADAMW=0 canc canc_can_f32_warm_per_tensor_adamw 120 specs/can.canspec "$B_CAN" "${SET[@]}"
+CANC_FUSED_OPS=0 canc canc_can_f32_warm_autodiff_ln_attn 120 specs/can.canspec "$B_CAN" "${SET[@]}"
+CANC_BATCH_CALLS=0 canc canc_can_f32_warm_unbatched 120 specs/can.canspec "$B_CAN" "${SET[@]}"
+torch torch_vit_s4_32_eager_bf16_batched 45 vit_s4_32 "$B_S" eager bf16 --batch-views
+torch torch_vit_b16_224_eager_bf16_batched 50 vit_b16_224 "$B_B" eager bf16 --batch-views
+
+# torch.compile last: on a bare machine its compilation takes minutes.
+torch torch_vit_s4_32_compile_bf16 150 vit_s4_32 "$B_S" compile bf16
+torch torch_can_compile_bf16 90 can "$B_CAN" compile bf16
+torch torch_vit_b16_224_compile_bf16 180 vit_b16_224 "$B_B" compile bf16
 echo "total $(( $(date +%s) - START ))s" | tee -a "$OUT/log.txt"
