@@ -744,6 +744,71 @@ fn bias_kernels_match_burns_ops_on_the_cpu() {
     assert!(ran, "canc's kernels run on wgpu");
 }
 
+/// Column sums on wgpu by canc's kernel (one, two and three passes of 256-row chunks; widths
+/// under, at and over a cube's 32 columns) against sums in f64; and the bias add whose gradient
+/// they give against Burn's autodiff on the CPU, values and both gradients.
+#[test]
+fn column_sums_and_bias_add_match_burns_ops_on_the_cpu() {
+    use burn::tensor::TensorData;
+    use canc_runtime::backend::Wgpu;
+    use canc_runtime::ops::{self, cube};
+    let Some(gpu) = device() else { return };
+    ops::set_fused(Some(true));
+    let cpu = Default::default();
+    for (i, &(rows, c)) in [
+        (1, 5),
+        (7, 33),
+        (256, 17),
+        (257, 40),
+        (600, 192),
+        (70_000, 3),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let x = fill(rows * c, 90 + i as u64, 2.0);
+        // The reference sums in f64: an f32 sum of 70,000 values is itself off by about 1e-3.
+        let want: Vec<f32> = (0..c)
+            .map(|j| (0..rows).map(|r| f64::from(x[r * c + j])).sum::<f64>() as f32)
+            .collect();
+        let xg = Tensor::<Wgpu, 2>::from_data(TensorData::new(x, [rows, c]), &gpu);
+        let got = cube::col_sum(&xg).expect("canc's kernels run on wgpu");
+        assert_close(&format!("col_sum {rows}x{c}"), &values(got), &want, 1e-5);
+    }
+    let (rows, width) = (300, 19);
+    let (h, b, dy) = (
+        fill(rows * width, 95, 2.0),
+        fill(width, 96, 2.0),
+        fill(rows * width, 97, 2.0),
+    );
+    let hc = Tensor::<CpuTrain, 2>::from_data(TensorData::new(h.clone(), [rows, width]), &cpu)
+        .require_grad();
+    let hg =
+        Tensor::<WgpuTrain, 2>::from_data(TensorData::new(h, [rows, width]), &gpu).require_grad();
+    let bc =
+        Tensor::<CpuTrain, 1>::from_data(TensorData::new(b.clone(), [width]), &cpu).require_grad();
+    let bg = Tensor::<WgpuTrain, 1>::from_data(TensorData::new(b, [width]), &gpu).require_grad();
+    let yc = hc.clone() + bc.clone().unsqueeze::<2>();
+    let yg = ops::add_bias(hg.clone(), bg.clone());
+    assert_close("add_bias", &values(yg.clone()), &values(yc.clone()), 1e-6);
+    let dyc = Tensor::<CpuTrain, 2>::from_data(TensorData::new(dy.clone(), [rows, width]), &cpu);
+    let dyg = Tensor::<WgpuTrain, 2>::from_data(TensorData::new(dy, [rows, width]), &gpu);
+    let gc = (yc * dyc).sum().backward();
+    let gg = (yg * dyg).sum().backward();
+    assert_close(
+        "add_bias dh",
+        &values(hg.grad(&gg).expect("on wgpu")),
+        &values(hc.grad(&gc).expect("on the cpu")),
+        1e-6,
+    );
+    assert_close(
+        "add_bias db",
+        &values(bg.grad(&gg).expect("on wgpu")),
+        &values(bc.grad(&gc).expect("on the cpu")),
+        1e-4,
+    );
+}
+
 /// The contrastive losses on wgpu through canc's kernels (L2 normalisation, and the
 /// cross-entropy over cosine logits with its positives and masked diagonal), against Burn's
 /// composed ops on the CPU: NT-Xent (mean and SimCLR's sum over views) and MoCo v3's

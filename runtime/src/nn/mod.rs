@@ -325,7 +325,7 @@ pub(crate) fn linear_as<B: Backend>(
     }
     let y = product_as(linear, x, dtype);
     match &linear.bias {
-        Some(bias) => y + bias.val().unsqueeze_dim(0),
+        Some(bias) => crate::ops::add_bias(y, bias.val()),
         None => y,
     }
 }

@@ -7,6 +7,7 @@
 //!   `dqkv`;
 //! - BatchNorm in training (the batch's statistics, the running ones moved, an optional ReLU)
 //!   and its backward step;
+//! - the column sums of a `[rows, c]` tensor (biases' and LayerNorm's parameter gradients);
 //! - losses: the L2 normalisation both ways, the contrastive cross-entropy over cosine logits
 //!   (two launches forward), the reconstruction losses' row errors and their selected mean
 //!   (two forward), MAE's per-patch target normalisation;
@@ -40,6 +41,21 @@ pub fn enabled() -> bool {
     *ON.get_or_init(|| crate::backend::env_switch("CANC_CUBE_KERNELS").unwrap_or(true))
 }
 
+/// The kernel families turned off by `CANC_CUBE_KERNELS_OFF` (read once), a comma-separated
+/// list of `layer_norm`, `batch_norm`, `patch_norm`, `l2norm`, `contrastive`, `patch_error`,
+/// `gelu`, `bias`, `col_sum`, `softmax`, `heads`, `flat`, `adamw`, `ema`: those take Burn's ops, the rest
+/// stay canc's, e.g. to find which family a difference on a device comes from.
+#[cfg_attr(not(any(feature = "cuda", feature = "wgpu")), allow(dead_code))]
+fn family_on(family: &str) -> bool {
+    static OFF: OnceLock<Vec<String>> = OnceLock::new();
+    let off = OFF.get_or_init(|| {
+        std::env::var("CANC_CUBE_KERNELS_OFF")
+            .map(|v| v.split(',').map(|f| f.trim().to_string()).collect())
+            .unwrap_or_default()
+    });
+    family.is_empty() || !off.iter().any(|f| f == family)
+}
+
 /// Whether `dtypes` are all f32, the float type these kernels are enabled for. They are written
 /// for any float type (accumulating in f32), but f16 and bf16 have not run on a device that has
 /// them (lavapipe has neither), so half-precision training keeps Burn's ops for now.
@@ -48,11 +64,13 @@ fn all_f32(dtypes: &[DType]) -> bool {
 }
 
 /// Runs `$body` with `$r` naming the CubeCL runtime of backend `$b` when `$b` is CUDA's or
-/// wgpu's `CubeBackend` (f32 default element, no fusion) and the kernels are enabled.
+/// wgpu's `CubeBackend` (f32 default element, no fusion) and the kernels are enabled, those of
+/// `$family` too (`""`: any family).
 macro_rules! on_runtime {
-    ($b:ty, $r:ident => $body:expr) => {{
+    ($b:ty, $r:ident, $family:literal => $body:expr) => {{
         #[cfg(feature = "cuda")]
         if enabled()
+            && family_on($family)
             && TypeId::of::<$b>()
                 == TypeId::of::<CubeBackend<burn::cubecl::cuda::CudaRuntime, f32, i32, u8>>()
         {
@@ -62,6 +80,7 @@ macro_rules! on_runtime {
         }
         #[cfg(feature = "wgpu")]
         if enabled()
+            && family_on($family)
             && TypeId::of::<$b>()
                 == TypeId::of::<CubeBackend<burn::cubecl::wgpu::WgpuRuntime, f32, i32, u32>>()
         {
@@ -85,7 +104,7 @@ pub fn layer_norm<B: Backend>(
     if !all_f32(&[x.dtype(), gamma.dtype(), beta.dtype()]) {
         return None;
     }
-    on_runtime!(B, R => Some(k::layer_norm_on::<B, R>(x, gamma, beta, eps)))
+    on_runtime!(B, R, "layer_norm" => Some(k::layer_norm_on::<B, R>(x, gamma, beta, eps)))
 }
 
 /// LayerNorm's input gradient `dx = r·(g − mean(g) − x̂·mean(g·x̂))`, `g = dy·γ`, and each
@@ -101,7 +120,19 @@ pub fn layer_norm_dx<B: Backend>(
     if !all_f32(&[dy.dtype(), xhat.dtype(), rstd.dtype(), gamma.dtype()]) {
         return None;
     }
-    on_runtime!(B, R => Some(k::layer_norm_dx_on::<B, R>(dy, xhat, rstd, gamma)))
+    on_runtime!(B, R, "layer_norm" => Some(k::layer_norm_dx_on::<B, R>(dy, xhat, rstd, gamma)))
+}
+
+/// The column sums of `x` (`[rows, c]`) as `[c]`: two launches up to 65,536 rows (a fixed
+/// order of additions), where Burn's reduction along the rows took 1–3 ms a call on an H100
+/// (BENCHMARKS.md). The biases' and LayerNorm's parameter gradients.
+#[cfg_attr(not(any(feature = "cuda", feature = "wgpu")), allow(unused_variables))]
+pub fn col_sum<B: Backend>(x: &Tensor<B, 2>) -> Option<Tensor<B, 1>> {
+    let [rows, c] = x.dims();
+    if rows == 0 || c == 0 || rows.div_ceil(256) > 65_535 || !all_f32(&[x.dtype()]) {
+        return None;
+    }
+    on_runtime!(B, R, "col_sum" => Some(k::col_sum_on::<B, R>(x)))
 }
 
 /// A BatchNorm's affine `(γ, β)`, if it has one.
@@ -145,7 +176,7 @@ pub fn batch_norm<B: Backend>(
     if !fits || !all_f32(&dtypes) {
         return None;
     }
-    on_runtime!(B, R => Some(k::batch_norm_on::<B, R>(x, affine, running, eps, momentum, relu)))
+    on_runtime!(B, R, "batch_norm" => Some(k::batch_norm_on::<B, R>(x, affine, running, eps, momentum, relu)))
 }
 
 /// BatchNorm's backward step from [`batch_norm`]'s `x̂` and `r`: `(dx, dγ, dβ)`, the upstream
@@ -165,7 +196,7 @@ pub fn batch_norm_dx<B: Backend>(
     if dy.dims() != xhat.dims() || dy.dims()[0] == 0 || !all_f32(&dtypes) {
         return None;
     }
-    on_runtime!(B, R => Some(k::batch_norm_dx_on::<B, R>(dy, xhat, rstd, affine, relu)))
+    on_runtime!(B, R, "batch_norm" => Some(k::batch_norm_dx_on::<B, R>(dy, xhat, rstd, affine, relu)))
 }
 
 /// MAE's per-patch target normalisation (`loss::patch_norm`) of the rows of `x` (`[rows, d]`,
@@ -175,7 +206,7 @@ pub fn patch_norm<B: Backend>(x: &Tensor<B, 2>, eps: f64) -> Option<Tensor<B, 2>
     if x.dims()[1] < 2 || !all_f32(&[x.dtype()]) {
         return None;
     }
-    on_runtime!(B, R => Some(k::patch_norm_on::<B, R>(x, eps)))
+    on_runtime!(B, R, "patch_norm" => Some(k::patch_norm_on::<B, R>(x, eps)))
 }
 
 /// The L2 normalisation of the rows of `x` (`[rows, d]`), torch's `F.normalize`:
@@ -186,7 +217,7 @@ pub fn l2norm<B: Backend>(x: &Tensor<B, 2>, eps: f64) -> Option<(Tensor<B, 2>, T
     if x.dims()[1] == 0 || !all_f32(&[x.dtype()]) {
         return None;
     }
-    on_runtime!(B, R => Some(k::l2norm_on::<B, R>(x, eps)))
+    on_runtime!(B, R, "l2norm" => Some(k::l2norm_on::<B, R>(x, eps)))
 }
 
 /// The gradient of [`l2norm`] from its output `y` and `info`: `dx = (dy − y·Σ(dy·y))/‖x‖`
@@ -201,7 +232,7 @@ pub fn l2norm_dx<B: Backend>(
     if !fits || !all_f32(&[dy.dtype(), y.dtype(), info.dtype()]) {
         return None;
     }
-    on_runtime!(B, R => Some(k::l2norm_dx_on::<B, R>(dy, y, info)))
+    on_runtime!(B, R, "l2norm" => Some(k::l2norm_dx_on::<B, R>(dy, y, info)))
 }
 
 /// A contrastive cross-entropy on cosine logits `s` (`[rows, cols]`): row `i`'s positive is
@@ -232,7 +263,7 @@ pub fn contrastive_ce<B: Backend>(
     if !fits || !all_f32(&[s.dtype()]) {
         return None;
     }
-    on_runtime!(B, R => Some(k::contrastive_ce_on::<B, R>(s, ce)))
+    on_runtime!(B, R, "contrastive" => Some(k::contrastive_ce_on::<B, R>(s, ce)))
 }
 
 /// The gradient of [`contrastive_ce`]'s loss in `s`, from the loss's gradient `dl` (`[1]`) and
@@ -248,7 +279,7 @@ pub fn contrastive_ce_dx<B: Backend>(
     if !fits || !all_f32(&[s.dtype(), lse.dtype(), dl.dtype()]) {
         return None;
     }
-    on_runtime!(B, R => Some(k::contrastive_ce_dx_on::<B, R>(s, lse, dl, ce)))
+    on_runtime!(B, R, "contrastive" => Some(k::contrastive_ce_dx_on::<B, R>(s, lse, dl, ce)))
 }
 
 /// The reconstruction losses' reduction (`loss::mse` and `loss::l1` on patches): each row's
@@ -273,7 +304,7 @@ pub fn patch_error<B: Backend>(
     if !fits || !all_f32(&dtypes) {
         return None;
     }
-    on_runtime!(B, R => Some(k::patch_error_on::<B, R>(pred, target, select, l1)))
+    on_runtime!(B, R, "patch_error" => Some(k::patch_error_on::<B, R>(pred, target, select, l1)))
 }
 
 /// The gradient of [`patch_error`]'s loss in `pred`, from `dl` (the loss's gradient) and
@@ -294,7 +325,7 @@ pub fn patch_error_dx<B: Backend>(
     if !fits || !all_f32(&dtypes) {
         return None;
     }
-    on_runtime!(B, R => Some(k::patch_error_dx_on::<B, R>(pred, target, select, (dl, den), l1)))
+    on_runtime!(B, R, "patch_error" => Some(k::patch_error_dx_on::<B, R>(pred, target, select, (dl, den), l1)))
 }
 
 /// Exact GELU of a flat `x`: `(x·Φ(x), Φ(x))`, `Φ(x) = (1 + erf(x/√2))/2`, in one launch.
@@ -303,7 +334,7 @@ pub fn gelu<B: Backend>(x: &Tensor<B, 1>) -> Option<(Tensor<B, 1>, Tensor<B, 1>)
     if !all_f32(&[x.dtype()]) {
         return None;
     }
-    on_runtime!(B, R => Some(k::gelu_on::<B, R>(x)))
+    on_runtime!(B, R, "gelu" => Some(k::gelu_on::<B, R>(x)))
 }
 
 /// Exact GELU of `h + b` (`h` `[rows, width]`, `b` `[width]` broadcast over the rows: a
@@ -314,7 +345,7 @@ pub fn bias_gelu<B: Backend>(h: &Tensor<B, 2>, b: &Tensor<B, 1>) -> Option<[Tens
     if b.dims()[0] != h.dims()[1] || !all_f32(&[h.dtype(), b.dtype()]) {
         return None;
     }
-    on_runtime!(B, R => Some(k::bias_gelu_on::<B, R>(h, b)))
+    on_runtime!(B, R, "bias" => Some(k::bias_gelu_on::<B, R>(h, b)))
 }
 
 /// The residual add `r + (h + b)` (`r`, `h` `[rows, width]`, `b` `[width]` broadcast over the
@@ -329,7 +360,7 @@ pub fn bias_residual<B: Backend>(
     if !fits || !all_f32(&[r.dtype(), h.dtype(), b.dtype()]) {
         return None;
     }
-    on_runtime!(B, R => Some(k::bias_residual_on::<B, R>(r, h, b)))
+    on_runtime!(B, R, "bias" => Some(k::bias_residual_on::<B, R>(r, h, b)))
 }
 
 /// GELU's input gradient `dy·(Φ(x) + x·φ(x))`, `φ(x) = e^{−x²/2}/√(2π)`, in one launch.
@@ -342,7 +373,7 @@ pub fn gelu_dx<B: Backend>(
     if !all_f32(&[dy.dtype(), x.dtype(), phi.dtype()]) {
         return None;
     }
-    on_runtime!(B, R => Some(k::gelu_dx_on::<B, R>(dy, x, phi)))
+    on_runtime!(B, R, "gelu" => Some(k::gelu_dx_on::<B, R>(dy, x, phi)))
 }
 
 /// `softmax(s·scale)` over the last dimension of `s`, in one launch.
@@ -351,7 +382,7 @@ pub fn softmax<B: Backend, const D: usize>(s: &Tensor<B, D>, scale: f64) -> Opti
     if !all_f32(&[s.dtype()]) || s.dims()[D - 1] == 0 {
         return None;
     }
-    on_runtime!(B, R => Some(k::softmax_on::<B, R, D>(s, scale)))
+    on_runtime!(B, R, "softmax" => Some(k::softmax_on::<B, R, D>(s, scale)))
 }
 
 /// The heads of `x` (`[B, T, parts·heads·dh]`, the last dimension laid out `(parts, heads,
@@ -366,7 +397,7 @@ pub fn split_heads<B: Backend>(
     if !all_f32(&[x.dtype()]) || parts * heads == 0 || !width.is_multiple_of(parts * heads) {
         return None;
     }
-    on_runtime!(B, R => Some(k::split_heads_on::<B, R>(x, parts, heads)))
+    on_runtime!(B, R, "heads" => Some(k::split_heads_on::<B, R>(x, parts, heads)))
 }
 
 /// `dq`, `dk`, `dv` (`[B, heads, T, dh]` each) packed as a `qkv` gradient `[B, T, 3·heads·dh]`
@@ -381,7 +412,7 @@ pub fn pack_heads<B: Backend>(
     if !same || !all_f32(&[dq.dtype(), dk.dtype(), dv.dtype()]) {
         return None;
     }
-    on_runtime!(B, R => Some(k::pack_heads_on::<B, R>(dq, dk, dv)))
+    on_runtime!(B, R, "heads" => Some(k::pack_heads_on::<B, R>(dq, dk, dv)))
 }
 
 /// The backward step of `p = softmax(s·scale)` over the last dimension: `ds = p ⊙ (dp −
@@ -396,7 +427,7 @@ pub fn softmax_dx<B: Backend, const D: usize>(
     if !ok || !all_f32(&[p.dtype(), dp.dtype()]) {
         return None;
     }
-    on_runtime!(B, R => Some(k::softmax_dx_on::<B, R, D>(p, dp, scale)))
+    on_runtime!(B, R, "softmax" => Some(k::softmax_dx_on::<B, R, D>(p, dp, scale)))
 }
 
 /// `pieces` laid end to end in one tensor of `total` elements, piece `i` followed by zeros up
@@ -415,7 +446,7 @@ pub fn lay_end_to_end<B: Backend>(
     if pieces.is_empty() || !fits || !all_f32(&dtypes) {
         return None;
     }
-    on_runtime!(B, R => Some(k::lay_end_to_end_on::<B, R>(pieces, padded, total)))
+    on_runtime!(B, R, "flat" => Some(k::lay_end_to_end_on::<B, R>(pieces, padded, total)))
 }
 
 /// One AdamW step of flat weights `p` with gradient `g` and moments `m1`, `m2` (all of one
@@ -431,7 +462,7 @@ pub fn adamw<B: Backend>(
     if !fits || !all_f32(&[p.dtype(), g.dtype(), m1.dtype(), m2.dtype()]) {
         return None;
     }
-    on_runtime!(B, R => Some(k::adamw_on::<B, R>([p, g, m1, m2], s)))
+    on_runtime!(B, R, "adamw" => Some(k::adamw_on::<B, R>([p, g, m1, m2], s)))
 }
 
 /// Whether canc's kernels run on backend `B` (CUDA's or wgpu's CubeCL backend, enabled).
@@ -441,7 +472,7 @@ pub fn runs_on<B: Backend>() -> bool {
         allow(clippy::extra_unused_type_parameters)
     )]
     fn on<B: Backend>() -> Option<()> {
-        on_runtime!(B, R => Some(()))
+        on_runtime!(B, R, "" => Some(()))
     }
     on::<B>().is_some()
 }
@@ -464,5 +495,5 @@ pub fn ema_many<B: Backend>(
     if teacher.is_empty() || !fits || !all_f32(&dtypes) {
         return None;
     }
-    on_runtime!(B, R => Some(k::ema_many_on::<B, R>(teacher, source, m)))
+    on_runtime!(B, R, "ema" => Some(k::ema_many_on::<B, R>(teacher, source, m)))
 }

@@ -16,7 +16,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Shape, Tensor, TensorPrimitive};
 use burn_cubecl::CubeRuntime;
 use burn_cubecl::kernel::into_contiguous;
-use burn_cubecl::ops::numeric::empty_device_dtype;
+use burn_cubecl::ops::numeric::{empty_device_contiguous_dtype, full_device_dtype};
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 use cubecl::{CubeDim, calculate_cube_count_elemwise};
@@ -165,6 +165,43 @@ fn col_sum(v: f32, shared: &mut SharedMemory<f32>, #[comptime] rs: usize) -> f32
     }
     sync_cube();
     total
+}
+
+/// Rows per cube of [`col_sum_kernel`], taken by its [`ROW_GROUPS`] row groups.
+const CHUNK: usize = 256;
+
+/// Row groups per cube of [`col_sum_kernel`] (`COLS × ROW_GROUPS` = 256 units).
+const ROW_GROUPS: usize = 8;
+
+/// Column sums of `x` (`[rows, c]`) by chunks of rows: cube `(bx, by)` sums columns
+/// `COLS·bx + UNIT_POS_X` over rows `[CHUNK·by, CHUNK·(by + 1))` ([`ROW_GROUPS`] row groups meeting in
+/// shared memory, a fixed order) into `part[by, col]` (`[⌈rows / CHUNK⌉, c]`), so one launch
+/// per `CHUNK`-fold reduction, every cube's loads coalesced along a row.
+#[cube(launch)]
+fn col_sum_kernel<E: Float>(
+    x: &Array<E>,
+    part: &mut Array<E>,
+    rows: usize,
+    c: usize,
+    #[define(E)] _dtype: StorageType,
+) {
+    let col = CUBE_POS_X as usize * COLS + UNIT_POS_X as usize;
+    let start = CUBE_POS_Y as usize * CHUNK;
+    let ry = UNIT_POS_Y as usize;
+    let mut shared = SharedMemory::<f32>::new(COLS * ROW_GROUPS);
+    let mut v = f32::new(0.0);
+    if col < c {
+        for k in 0..CHUNK / ROW_GROUPS {
+            let r = start + k * ROW_GROUPS + ry;
+            if r < rows {
+                v += f32::cast_from(x[r * c + col]);
+            }
+        }
+    }
+    let total = col_sum(v, &mut shared, ROW_GROUPS);
+    if ry == 0 && col < c {
+        part[CUBE_POS_Y as usize * c + col] = E::cast_from(total);
+    }
 }
 
 /// BatchNorm's training forward on `x` (`[n, c]`): each cube takes `COLS` adjacent columns
@@ -1097,9 +1134,21 @@ fn tensor<B: Backend, R: CubeRuntime, const D: usize>(t: CubeTensor<R>) -> Tenso
     Tensor::from_primitive(TensorPrimitive::Float(p))
 }
 
-/// An uninitialised tensor like `t` with `shape`.
+/// An uninitialised contiguous (row-major, unpadded) tensor like `t` with `shape`, the layout
+/// every kernel here writes. Not Burn's `empty_device_dtype`: on CUDA that pads each row to a
+/// pitch of up to 512 bytes (`[rows, 192]` f32 gets a row stride of 256), so a kernel writing
+/// `row·d + i` would leave the tensor's metadata pointing at the wrong elements (the NaN losses
+/// of the first H100 lease, BENCHMARKS.md). Filled with NaN instead when
+/// `CANC_POISON_OUTPUTS=1` (read once), so that a test shows any element a kernel left
+/// unwritten (wgpu zeroes new buffers, CUDA does not).
 fn empty<R: CubeRuntime>(t: &CubeTensor<R>, shape: Shape) -> CubeTensor<R> {
-    empty_device_dtype(t.client.clone(), t.device.clone(), shape, t.dtype)
+    static POISON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *POISON.get_or_init(|| crate::backend::env_switch("CANC_POISON_OUTPUTS").unwrap_or(false)) {
+        let nan = InputScalar::new(f32::NAN, t.dtype);
+        let full = full_device_dtype(t.client.clone(), shape, t.device.clone(), nan, t.dtype);
+        return into_contiguous(full);
+    }
+    empty_device_contiguous_dtype(t.client.clone(), t.device.clone(), shape, t.dtype)
 }
 
 /// A 1-D launch of `units` units.
@@ -1936,4 +1985,30 @@ pub(super) fn ema_many_on<B: Backend, R: CubeRuntime>(
         out.extend(os.into_iter().map(tensor));
     }
     out
+}
+
+/// [`super::cube::col_sum`] on runtime `R` (the caller checked that `B` is its backend):
+/// [`col_sum_kernel`] until one row is left (two launches up to 65,536 rows).
+pub(super) fn col_sum_on<B: Backend, R: CubeRuntime>(x: &Tensor<B, 2>) -> Tensor<B, 1> {
+    let [mut rows, c] = x.dims();
+    let mut x = cube::<B, R, 2>(x);
+    let dtype = x.dtype;
+    loop {
+        let chunks = rows.div_ceil(CHUNK).max(1);
+        let part = empty(&x, Shape::new([chunks, c]));
+        col_sum_kernel::launch(
+            &x.client.clone(),
+            CubeCount::Static(c.div_ceil(COLS) as u32, chunks as u32, 1),
+            CubeDim::new_2d(COLS as u32, ROW_GROUPS as u32),
+            x.into_array_arg(),
+            part.clone().into_array_arg(),
+            rows,
+            c,
+            dtype.into(),
+        );
+        if chunks == 1 {
+            return tensor::<B, R, 2>(part).reshape([c]);
+        }
+        (x, rows) = (part, chunks);
+    }
 }

@@ -84,7 +84,21 @@ pub fn linear<B: Backend>(
         };
         return back(y);
     }
+    on_cube_train!(B, G => {
+        let h = back::<_, Tensor<burn::backend::Autodiff<G>, 2>>(x).matmul(back(w));
+        back(match b {
+            Some(b) => tensor_ad::add_bias::<G>(h, back(b)),
+            None => h,
+        })
+    });
     burn::tensor::module::linear(x, w, b)
+}
+
+/// `h + b` for a bias `b` broadcast over the rows of `h`; under autodiff on CUDA and wgpu its
+/// gradient `db` is the column sums by canc's kernel ([`tensor_ad::add_bias`]).
+pub fn add_bias<B: Backend>(h: Tensor<B, 2>, b: Tensor<B, 1>) -> Tensor<B, 2> {
+    on_cube_train!(B, G => back(tensor_ad::add_bias::<G>(back(h), back(b))));
+    h + b.unsqueeze_dim(0)
 }
 
 /// `x·Φ(x)` (exact GELU, as `burn::tensor::activation::gelu`, with the exact gradient on every

@@ -46,6 +46,13 @@ fn raw<B: Backend, const D: usize>(t: Tensor<B, D>) -> B::FloatTensorPrimitive {
     t.into_primitive().tensor()
 }
 
+/// The column sums of `x` (`[rows, c]`) as `[c]`: canc's kernel ([`super::cube::col_sum`])
+/// where it runs, else Burn's reduction.
+fn col_sums<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 1> {
+    let c = x.dims()[1];
+    super::cube::col_sum(&x).unwrap_or_else(|| x.sum_dim(0).reshape([c]))
+}
+
 /// Whether autodiff tracks `p` (a gradient may flow back through it).
 fn tracked<B: Backend>(p: &Prim<B>) -> bool {
     !p.node.requirement.is_none()
@@ -93,7 +100,7 @@ impl<B: Backend> Backward<B, 3> for Ln {
             grads.register::<B>(p.id, raw(dx));
             if pg.is_some() || pb.is_some() {
                 // One reduction for both: the columns of `[dy·x̂ | dy]`.
-                let both = sums.sum_dim(0).reshape([2 * d]);
+                let both = col_sums(sums);
                 if let Some(p) = pg {
                     grads.register::<B>(p.id, raw(both.clone().narrow(0, 0, d)));
                 }
@@ -104,11 +111,11 @@ impl<B: Backend> Backward<B, 3> for Ln {
             return;
         }
         if let Some(p) = pg {
-            let dg = (dy.clone() * xhat.clone()).sum_dim(0).reshape([d]);
+            let dg = col_sums(dy.clone() * xhat.clone());
             grads.register::<B>(p.id, raw(dg));
         }
         if let Some(p) = pb {
-            grads.register::<B>(p.id, raw(dy.clone().sum_dim(0).reshape([d])));
+            grads.register::<B>(p.id, raw(col_sums(dy.clone())));
         }
         if let Some(p) = px {
             let g = dy * gamma.unsqueeze::<2>();
@@ -545,7 +552,7 @@ impl<B: Backend> Backward<B, 2> for BiasGelu {
         let (x, phi): (Tensor<B, 2>, Tensor<B, 2>) = (inner(ops.state.x), inner(ops.state.phi));
         let dx = gelu_dx(dy.reshape([n]), x.reshape([n]), phi.reshape([n])).reshape([rows, width]);
         if let Some(p) = pb {
-            grads.register::<B>(p.id, raw(dx.clone().sum_dim(0).reshape([width])));
+            grads.register::<B>(p.id, raw(col_sums(dx.clone())));
         }
         if let Some(p) = ph {
             grads.register::<B>(p.id, raw(dx));
@@ -586,9 +593,8 @@ impl<B: Backend> Backward<B, 3> for BiasResidual {
     fn backward(self, ops: Ops<(), 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [pr, ph, pb] = ops.parents;
         let dy: Tensor<B, 2> = inner(grads.consume::<B>(&ops.node));
-        let width = dy.dims()[1];
         if let Some(p) = pb {
-            grads.register::<B>(p.id, raw(dy.clone().sum_dim(0).reshape([width])));
+            grads.register::<B>(p.id, raw(col_sums(dy.clone())));
         }
         if let Some(p) = ph {
             grads.register::<B>(p.id, raw(dy.clone()));
@@ -619,6 +625,41 @@ pub fn bias_residual<B: Backend>(
     let y = super::cube::bias_residual(&ri, &hi, &bi)
         .unwrap_or_else(|| ri + (hi + bi.unsqueeze::<2>()));
     let y = finish(BiasResidual, [&rp, &hp, &bp], || (), raw(y));
+    Tensor::from_primitive(TensorPrimitive::Float(y))
+}
+
+/// The bias add `h + b` (`b` broadcast over the rows of `h`: a Linear's bias)'s backward step:
+/// parents `[h, b]`.
+#[derive(Debug)]
+struct AddBias;
+
+impl<B: Backend> Backward<B, 2> for AddBias {
+    type State = ();
+
+    fn backward(self, ops: Ops<(), 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [ph, pb] = ops.parents;
+        let dy: Tensor<B, 2> = inner(grads.consume::<B>(&ops.node));
+        if let Some(p) = pb {
+            grads.register::<B>(p.id, raw(col_sums(dy.clone())));
+        }
+        if let Some(p) = ph {
+            grads.register::<B>(p.id, raw(dy));
+        }
+    }
+}
+
+/// `h + b` (`b` `[width]` broadcast over the rows of `h` `[rows, width]`) under autodiff, with
+/// `db` the column sums of `dy` by canc's kernel where it runs (Burn's autodiff reduces a
+/// broadcast add's gradient with its own, slower reduction).
+pub fn add_bias<B: Backend>(
+    h: Tensor<Autodiff<B>, 2>,
+    b: Tensor<Autodiff<B>, 1>,
+) -> Tensor<Autodiff<B>, 2> {
+    let (hp, bp): (Prim<B>, Prim<B>) = (h.into_primitive().tensor(), b.into_primitive().tensor());
+    let (hi, bi): (Tensor<B, 2>, Tensor<B, 1>) =
+        (inner(hp.primitive.clone()), inner(bp.primitive.clone()));
+    let y = hi + bi.unsqueeze::<2>();
+    let y = finish(AddBias, [&hp, &bp], || (), raw(y));
     Tensor::from_primitive(TensorPrimitive::Float(y))
 }
 
