@@ -7,9 +7,9 @@
 #      again with a warm kernel cache, and warm with Burn's ops in place of canc's CubeCL
 #      kernels (CANC_CUBE_KERNELS=0; MoCo v3 too, both ways); canc in bf16; once more under
 #      CubeCL's per-kernel profile (kernel launches and device time per step);
-#   2. a ViT-S/4 at 32 px (bench/specs/vit_s4_32.canspec) and a ViT-B/16 at 224 px
+#   2. every method spec in specs/ trains on CUDA (`canc run --smoke --device cuda`);
+#   3. a ViT-S/4 at 32 px (bench/specs/vit_s4_32.canspec) and a ViT-B/16 at 224 px
 #      (bench/specs/vit_b16_224.canspec), canc and PyTorch eager, each in f32 and bf16;
-#   3. every method spec in specs/ trains on CUDA (`canc run --smoke --device cuda`);
 #   4. ablations of the warm CAN run: Burn's per-tensor AdamW (CANC_FLAT_ADAMW=0), Burn's
 #      autodiff for LayerNorm, attention and GELU (CANC_FUSED_OPS=0), each view's network calls
 #      one by one (CANC_BATCH_CALLS=0); the reference's batched-views runs of the two models;
@@ -106,20 +106,8 @@ if [ "$DEVICE" != cpu ]; then
   [ -f /tmp/gpu_sh_kernels.txt ] && gzip -c /tmp/gpu_sh_kernels.txt > "$OUT/kernels.txt.gz"
 fi
 
-# The throughput models: canc's kernels run in f32, so each is measured in f32 and bf16 beside
-# PyTorch eager in the same precision.
-B_S=${B_S:-256}
-canc canc_vit_s4_32_f32 90 bench/specs/vit_s4_32.canspec "$B_S"
-torch torch_vit_s4_32_eager_f32 45 vit_s4_32 "$B_S" eager f32
-canc canc_vit_s4_32_bf16 120 bench/specs/vit_s4_32.canspec "$B_S" --set train.precision=bf16
-torch torch_vit_s4_32_eager_bf16 45 vit_s4_32 "$B_S" eager bf16
-
-B_B=${B_B:-128}
-canc canc_vit_b16_224_bf16 150 bench/specs/vit_b16_224.canspec "$B_B" --set train.precision=bf16
-torch torch_vit_b16_224_eager_bf16 50 vit_b16_224 "$B_B" eager bf16
-canc canc_vit_b16_224_f32 120 bench/specs/vit_b16_224.canspec "$B_B"
-torch torch_vit_b16_224_eager_f32 50 vit_b16_224 "$B_B" eager f32
-
+# Every method spec trains on CUDA with canc's kernels (finite losses, a resumed run that
+# reproduces the first): before the throughput models, as correctness comes first.
 if [ -z "${SKIP_SMOKE:-}" ]; then
   for spec in specs/*.canspec; do
     name=$(basename "$spec" .canspec)
@@ -134,6 +122,20 @@ if [ -z "${SKIP_SMOKE:-}" ]; then
     [ "$rc" -ne 0 ] && tail -c 1500 /tmp/gpu_sh_smoke >> "$OUT/log.txt"
   done
 fi
+
+# The throughput models: canc's kernels run in f32, so each is measured in f32 and bf16 beside
+# PyTorch eager in the same precision.
+B_S=${B_S:-256}
+canc canc_vit_s4_32_f32 90 bench/specs/vit_s4_32.canspec "$B_S"
+torch torch_vit_s4_32_eager_f32 45 vit_s4_32 "$B_S" eager f32
+canc canc_vit_s4_32_bf16 120 bench/specs/vit_s4_32.canspec "$B_S" --set train.precision=bf16
+torch torch_vit_s4_32_eager_bf16 45 vit_s4_32 "$B_S" eager bf16
+
+B_B=${B_B:-128}
+canc canc_vit_b16_224_bf16 150 bench/specs/vit_b16_224.canspec "$B_B" --set train.precision=bf16
+torch torch_vit_b16_224_eager_bf16 50 vit_b16_224 "$B_B" eager bf16
+canc canc_vit_b16_224_f32 120 bench/specs/vit_b16_224.canspec "$B_B"
+torch torch_vit_b16_224_eager_f32 50 vit_b16_224 "$B_B" eager f32
 
 # Ablations of canc's step, each the warm CAN run with one thing switched back: Burn's
 # per-tensor AdamW (CANC_FLAT_ADAMW=0; 116 tensors), LayerNorm's, attention's and GELU's
