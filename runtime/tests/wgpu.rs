@@ -809,6 +809,83 @@ fn column_sums_and_bias_add_match_burns_ops_on_the_cpu() {
     );
 }
 
+/// The masked-row ops on wgpu (canc's inverse of the row indices, the gathers that replace
+/// Burn's scatter-add gradients) against Burn's select and autodiff on the CPU: the kept rows'
+/// select and the placement of rows among fill rows, values and gradients (the fill's is a sum
+/// over every position it fills).
+#[test]
+fn row_select_and_placement_match_burns_ops_on_the_cpu() {
+    use burn::tensor::{Int, TensorData};
+    use canc_runtime::ops;
+    let Some(gpu) = device() else { return };
+    ops::set_fused(Some(true));
+    let cpu = Default::default();
+    let (total, d) = (29, 7);
+    // 11 distinct rows out of 29, in no order.
+    let flat: Vec<i64> = vec![3, 17, 0, 28, 9, 21, 5, 14, 26, 11, 8];
+    let m = flat.len();
+    let fc = Tensor::<CpuTrain, 1, Int>::from_data(TensorData::new(flat.clone(), [m]), &cpu);
+    let fg = Tensor::<WgpuTrain, 1, Int>::from_data(TensorData::new(flat.clone(), [m]), &gpu);
+    let c2 = |v: &[f32], r: usize| {
+        Tensor::<CpuTrain, 2>::from_data(TensorData::new(v.to_vec(), [r, d]), &cpu).require_grad()
+    };
+    let g2 = |v: &[f32], r: usize| {
+        Tensor::<WgpuTrain, 2>::from_data(TensorData::new(v.to_vec(), [r, d]), &gpu).require_grad()
+    };
+    let grad_c = |t: &Tensor<CpuTrain, 2>, g: &_| values(t.grad(g).expect("on the cpu"));
+    let grad_g = |t: &Tensor<WgpuTrain, 2>, g: &_| values(t.grad(g).expect("on wgpu"));
+
+    let (x, dy) = (fill(total * d, 110, 2.0), fill(m * d, 111, 2.0));
+    let (xc, xg) = (c2(&x, total), g2(&x, total));
+    let yc = xc.clone().select(0, fc.clone());
+    let yg = ops::select_rows(xg.clone(), fg.clone());
+    assert_close("select_rows", &values(yg.clone()), &values(yc.clone()), 0.0);
+    let gc = (yc * c2(&dy, m).detach()).sum().backward();
+    let gg = (yg * g2(&dy, m).detach()).sum().backward();
+    assert_close("select_rows dx", &grad_g(&xg, &gg), &grad_c(&xc, &gc), 1e-6);
+
+    let (rows, f, dy) = (
+        fill(m * d, 112, 2.0),
+        fill(d, 113, 2.0),
+        fill(total * d, 114, 2.0),
+    );
+    let (rc, rg) = (c2(&rows, m), g2(&rows, m));
+    let flc =
+        Tensor::<CpuTrain, 1>::from_data(TensorData::new(f.clone(), [d]), &cpu).require_grad();
+    let flg = Tensor::<WgpuTrain, 1>::from_data(TensorData::new(f, [d]), &gpu).require_grad();
+    let yc = ops::place_rows(rc.clone(), flc.clone(), fc, total);
+    let yg = ops::place_rows(rg.clone(), flg.clone(), fg, total);
+    assert_close("place_rows", &values(yg.clone()), &values(yc.clone()), 0.0);
+    let gc = (yc * c2(&dy, total).detach()).sum().backward();
+    let gg = (yg * g2(&dy, total).detach()).sum().backward();
+    assert_close(
+        "place_rows d_rows",
+        &grad_g(&rg, &gg),
+        &grad_c(&rc, &gc),
+        1e-6,
+    );
+    assert_close(
+        "place_rows d_fill",
+        &values(flg.grad(&gg).expect("on wgpu")),
+        &values(flc.grad(&gc).expect("on the cpu")),
+        1e-5,
+    );
+    // The placement's values by hand: row flat[r] is rows[r], the others the fill.
+    let placed = values(ops::place_rows(
+        rc.inner(),
+        flc.inner(),
+        Tensor::from_data(TensorData::new(flat.clone(), [m]), &cpu),
+        total,
+    ));
+    for (r, &at) in flat.iter().enumerate() {
+        assert_eq!(
+            placed[at as usize * d..][..d],
+            rows[r * d..][..d],
+            "row {r} at {at}"
+        );
+    }
+}
+
 /// The contrastive losses on wgpu through canc's kernels (L2 normalisation, and the
 /// cross-entropy over cosine logits with its positives and masked diagonal), against Burn's
 /// composed ops on the CPU: NT-Xent (mean and SimCLR's sum over views) and MoCo v3's

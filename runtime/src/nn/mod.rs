@@ -23,7 +23,7 @@ pub use vit::{Vit, VitConfig};
 use burn::module::{Initializer, Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::backend::Backend;
-use burn::tensor::{FloatDType, IndexingUpdateOp, Int, Tensor};
+use burn::tensor::{FloatDType, Int, Tensor};
 use canc_compiler::RValue;
 use canc_compiler::ir::NetKind;
 use canc_compiler::plan::NetworkPlan;
@@ -375,22 +375,9 @@ pub(crate) fn place_rows<B: Backend>(
     keep: Tensor<B, 2, Int>,
     g: usize,
 ) -> Tensor<B, 3> {
-    let [b, n] = keep.dims();
+    let [b, _] = keep.dims();
     let [_, d] = rows.dims();
-    let device = rows.device();
-    let flat = flat_rows(keep, g);
-    // Source row of each grid position: `b·n` (the fill row) unless visible.
-    let visible =
-        Tensor::<B, 1, Int>::arange(0..(b * n) as i64, &device).sub_scalar((b * n) as i64);
-    let source = Tensor::<B, 1, Int>::full([b * g], (b * n) as i64, &device).select_assign(
-        0,
-        flat,
-        visible,
-        IndexingUpdateOp::Add,
-    );
-    Tensor::cat(vec![rows, fill.reshape([1, d])], 0)
-        .select(0, source)
-        .reshape([b, g, d])
+    crate::ops::place_rows(rows, fill, flat_rows(keep, g), b * g).reshape([b, g, d])
 }
 
 /// The side of a square grid of `grid` positions, if it is one.

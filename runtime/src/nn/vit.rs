@@ -245,8 +245,7 @@ impl<B: Backend> Vit<B> {
             Some(keep) => {
                 let [kb, n] = keep.dims();
                 assert_eq!(kb, b, "keep indices for {kb} images, batch has {b}");
-                x.reshape([b * g, d])
-                    .select(0, super::flat_rows(keep, g))
+                crate::ops::select_rows(x.reshape([b * g, d]), super::flat_rows(keep, g))
                     .reshape([b, n, d])
             }
             None => x,

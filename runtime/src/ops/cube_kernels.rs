@@ -13,7 +13,7 @@
 //! `unsafe`.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Shape, Tensor, TensorPrimitive};
+use burn::tensor::{Int, Shape, Tensor, TensorPrimitive};
 use burn_cubecl::CubeRuntime;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::{empty_device_contiguous_dtype, full_device_dtype};
@@ -1113,6 +1113,18 @@ fn ema_kernel<E: Float>(
     }
 }
 
+/// `out[flat[r]] = r` for each of the `m` entries of `flat` (distinct row indices into `out`),
+/// one unit each; `out` keeps its other values.
+#[cube(launch)]
+fn inverse_rows_kernel(flat: &Array<i32>, out: &mut Array<i32>, m: usize) {
+    let r = ABSOLUTE_POS;
+    if r >= m {
+        terminate!();
+    }
+    let to = usize::cast_from(flat[r]);
+    out[to] = i32::cast_from(r);
+}
+
 /// The backend's primitive of `t`, as runtime `R`'s `CubeTensor` (the caller checked the type),
 /// made contiguous.
 fn cube<B: Backend, R: CubeRuntime, const D: usize>(t: &Tensor<B, D>) -> CubeTensor<R> {
@@ -1122,6 +1134,17 @@ fn cube<B: Backend, R: CubeRuntime, const D: usize>(t: &Tensor<B, D>) -> CubeTen
         *boxed
             .downcast::<CubeTensor<R>>()
             .unwrap_or_else(|_| unreachable!("cube: the backend was checked to be CubeCL's")),
+    )
+}
+
+/// The backend's primitive of the integer tensor `t`, as runtime `R`'s `CubeTensor` (the
+/// caller checked the type), made contiguous.
+fn cube_int<B: Backend, R: CubeRuntime, const D: usize>(t: &Tensor<B, D, Int>) -> CubeTensor<R> {
+    let boxed: Box<dyn Any> = Box::new(t.clone().into_primitive());
+    into_contiguous(
+        *boxed
+            .downcast::<CubeTensor<R>>()
+            .unwrap_or_else(|_| unreachable!("cube_int: the backend was checked to be CubeCL's")),
     )
 }
 
@@ -2011,4 +2034,26 @@ pub(super) fn col_sum_on<B: Backend, R: CubeRuntime>(x: &Tensor<B, 2>) -> Tensor
         }
         (x, rows) = (part, chunks);
     }
+}
+
+/// [`super::cube::inverse_rows`] on runtime `R` (the caller checked that `B` is its backend):
+/// `fill` everywhere by Burn's `full`, then one launch writes each row's index at its place.
+pub(super) fn inverse_rows_on<B: Backend, R: CubeRuntime>(
+    flat: &Tensor<B, 1, Int>,
+    total: usize,
+    fill: usize,
+) -> Tensor<B, 1, Int> {
+    let [m] = flat.dims();
+    let out = Tensor::<B, 1, Int>::full([total], fill as i64, &flat.device());
+    let (f, o) = (cube_int::<B, R, 1>(flat), cube_int::<B, R, 1>(&out));
+    let (count, dim) = grid(&f, m);
+    inverse_rows_kernel::launch(
+        &f.client.clone(),
+        count,
+        dim,
+        f.into_array_arg(),
+        o.into_array_arg(),
+        m,
+    );
+    out
 }

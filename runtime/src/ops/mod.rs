@@ -94,6 +94,30 @@ pub fn linear<B: Backend>(
     burn::tensor::module::linear(x, w, b)
 }
 
+/// Rows `flat` (distinct) of `x` (`[total, d]`); under autodiff on CUDA and wgpu its gradient is
+/// a gather ([`tensor_ad::select_rows`]) instead of Burn's scatter-add.
+pub fn select_rows<B: Backend>(
+    x: Tensor<B, 2>,
+    flat: Tensor<B, 1, burn::tensor::Int>,
+) -> Tensor<B, 2> {
+    on_cube_train!(B, G => back(tensor_ad::select_rows::<G>(back(x), back(flat))));
+    x.select(0, flat)
+}
+
+/// `[total, d]` with row `r` of `rows` (`[m, d]`) at row `flat[r]` (distinct) and `fill` (`[d]`)
+/// everywhere else; on CUDA and wgpu through canc's inverse of `flat` and, under autodiff, a
+/// backward step of a gather and column sums ([`tensor_ad::place_rows`]).
+pub fn place_rows<B: Backend>(
+    rows: Tensor<B, 2>,
+    fill: Tensor<B, 1>,
+    flat: Tensor<B, 1, burn::tensor::Int>,
+    total: usize,
+) -> Tensor<B, 2> {
+    on_cube_train!(B, G => back(tensor_ad::place_rows::<G>(back(rows), back(fill), back(flat), total)));
+    let d = fill.dims()[0];
+    tensor_ad::place_rows_with(rows, fill.reshape([1, d]), flat, total)
+}
+
 /// `h + b` for a bias `b` broadcast over the rows of `h`; under autodiff on CUDA and wgpu its
 /// gradient `db` is the column sums by canc's kernel ([`tensor_ad::add_bias`]).
 pub fn add_bias<B: Backend>(h: Tensor<B, 2>, b: Tensor<B, 1>) -> Tensor<B, 2> {
