@@ -84,12 +84,11 @@ pub fn linear<B: Backend>(
         };
         return back(y);
     }
-    on_cube_train!(B, G => {
-        let h = back::<_, Tensor<burn::backend::Autodiff<G>, 2>>(x).matmul(back(w));
-        back(match b {
-            Some(b) => tensor_ad::add_bias::<G>(h, back(b)),
-            None => h,
-        })
+    // Under autodiff on CUDA and wgpu, the bias through `add_bias` (its gradient by canc's
+    // column sum).
+    on_cube_train!(B, G => match b {
+        Some(b) => add_bias(x.matmul(w), b),
+        None => x.matmul(w),
     });
     burn::tensor::module::linear(x, w, b)
 }

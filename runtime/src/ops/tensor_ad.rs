@@ -28,6 +28,7 @@
 //! dtypes and `CANC_CUBE_KERNELS=0` run.
 
 use burn::backend::Autodiff;
+use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops};
@@ -51,6 +52,22 @@ fn raw<B: Backend, const D: usize>(t: Tensor<B, D>) -> B::FloatTensorPrimitive {
 fn col_sums<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 1> {
     let c = x.dims()[1];
     super::cube::col_sum(&x).unwrap_or_else(|| x.sum_dim(0).reshape([c]))
+}
+
+/// Registers the gradients of `h + b` (`b` broadcast over the rows of `h`: a Linear's bias)
+/// given `dx`, the gradient of the sum: `dx` itself for `h` and its column sums for `b`.
+fn register_bias_add<B: Backend>(
+    grads: &mut Gradients,
+    h: Option<NodeId>,
+    b: Option<NodeId>,
+    dx: Tensor<B, 2>,
+) {
+    if let Some(id) = b {
+        grads.register::<B>(id, raw(col_sums(dx.clone())));
+    }
+    if let Some(id) = h {
+        grads.register::<B>(id, raw(dx));
+    }
 }
 
 /// Whether autodiff tracks `p` (a gradient may flow back through it).
@@ -551,12 +568,7 @@ impl<B: Backend> Backward<B, 2> for BiasGelu {
         let n = rows * width;
         let (x, phi): (Tensor<B, 2>, Tensor<B, 2>) = (inner(ops.state.x), inner(ops.state.phi));
         let dx = gelu_dx(dy.reshape([n]), x.reshape([n]), phi.reshape([n])).reshape([rows, width]);
-        if let Some(p) = pb {
-            grads.register::<B>(p.id, raw(col_sums(dx.clone())));
-        }
-        if let Some(p) = ph {
-            grads.register::<B>(p.id, raw(dx));
-        }
+        register_bias_add(grads, ph.map(|p| p.id), pb.map(|p| p.id), dx);
     }
 }
 
@@ -593,15 +605,10 @@ impl<B: Backend> Backward<B, 3> for BiasResidual {
     fn backward(self, ops: Ops<(), 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [pr, ph, pb] = ops.parents;
         let dy: Tensor<B, 2> = inner(grads.consume::<B>(&ops.node));
-        if let Some(p) = pb {
-            grads.register::<B>(p.id, raw(col_sums(dy.clone())));
-        }
-        if let Some(p) = ph {
+        if let Some(p) = pr {
             grads.register::<B>(p.id, raw(dy.clone()));
         }
-        if let Some(p) = pr {
-            grads.register::<B>(p.id, raw(dy));
-        }
+        register_bias_add(grads, ph.map(|p| p.id), pb.map(|p| p.id), dy);
     }
 }
 
@@ -639,12 +646,7 @@ impl<B: Backend> Backward<B, 2> for AddBias {
     fn backward(self, ops: Ops<(), 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [ph, pb] = ops.parents;
         let dy: Tensor<B, 2> = inner(grads.consume::<B>(&ops.node));
-        if let Some(p) = pb {
-            grads.register::<B>(p.id, raw(col_sums(dy.clone())));
-        }
-        if let Some(p) = ph {
-            grads.register::<B>(p.id, raw(dy));
-        }
+        register_bias_add(grads, ph.map(|p| p.id), pb.map(|p| p.id), dy);
     }
 }
 
@@ -807,14 +809,12 @@ pub(crate) fn place_rows_with<B: Backend>(
     let source = super::cube::inverse_rows(&flat, total, m).unwrap_or_else(|| {
         let device = flat.device();
         let visible = Tensor::<B, 1, Int>::arange(0..m as i64, &device);
-        Tensor::<B, 1, Int>::zeros([total], &device)
-            .add_scalar(m as i64)
-            .select_assign(
-                0,
-                flat,
-                visible.sub_scalar(m as i64),
-                burn::tensor::IndexingUpdateOp::Add,
-            )
+        Tensor::<B, 1, Int>::full([total], m as i64, &device).select_assign(
+            0,
+            flat,
+            visible.sub_scalar(m as i64),
+            burn::tensor::IndexingUpdateOp::Add,
+        )
     });
     Tensor::cat(vec![x, fill], 0).select(0, source)
 }
